@@ -1,0 +1,468 @@
+/**
+ * The room broker: every rule of the signal protocol, free of I/O.
+ *
+ * The broker is a deterministic state machine. It is told that a connection
+ * opened, that a frame arrived on it, or that it closed, and it answers by
+ * calling its {@link Outbox}: send this frame to that connection, close that
+ * connection with this code, or look up ICE servers for it. Time and
+ * randomness are passed in, so tests drive it exactly. The server layer only
+ * moves bytes between sockets and the broker.
+ *
+ * Every lookup on the hot path is a single `Map` access; nothing scans all
+ * rooms or connections.
+ *
+ * @module
+ */
+
+import {
+  type Call,
+  CALL_NAMES,
+  type CallName,
+  decode,
+  encodeBye,
+  encodeError,
+  encodeIce,
+  encodeIdent,
+  encodeJoin,
+  encodeLeave,
+  encodeSignal,
+  encodeStun,
+  ERROR_CODES,
+  type ErrorCode,
+  isFault,
+  PONG,
+} from "./codec.ts";
+import { TokenBucket } from "./rate_limit.ts";
+
+/** The effects the broker asks for; the server carries them out. */
+export interface Outbox<H> {
+  /** Send one text frame to a connection. */
+  send(to: H, frame: string): void;
+  /** Close a connection with a WebSocket close code and reason. */
+  close(to: H, code: number, reason: string): void;
+  /**
+   * Look up ICE servers for a connection (async work such as HMAC), then
+   * answer with {@link Broker.iceReply}. `ident` names the TURN user.
+   */
+  ice(to: H, conn: Connection<H>, ident: string): void;
+}
+
+/** The configurable limits of the broker. */
+export interface Limits {
+  /** Largest accepted frame, in bytes; a larger one closes with 1009. */
+  maxFrameBytes: number;
+  /** Most global idents one connection may hold at once. */
+  maxIdentsPerConnection: number;
+  /** Most members a room may have. */
+  maxPeersPerRoom: number;
+  /** Sustained frames per second per connection (0 disables rate limiting). */
+  rate: number;
+  /** Frames a connection may send in one burst above `rate`. */
+  burst: number;
+}
+
+/** Limits used where none are given. */
+export const DEFAULT_LIMITS: Readonly<Limits> = {
+  maxFrameBytes: 64 * 1024,
+  maxIdentsPerConnection: 32,
+  maxPeersPerRoom: 256,
+  rate: 200,
+  burst: 400,
+};
+
+/** What a broker is built from. */
+export interface BrokerOptions<H> {
+  /** Where effects go. */
+  outbox: Outbox<H>;
+  /** The clock, in milliseconds. */
+  now: () => number;
+  /** Fills a buffer with cryptographically random bytes. */
+  randomBytes: (buf: Uint8Array) => void;
+  /** Limits; missing ones take {@link DEFAULT_LIMITS}. */
+  limits?: Partial<Limits>;
+}
+
+/** Running totals for metrics. */
+export interface BrokerStats {
+  /** Accepted frames by call. */
+  framesIn: Record<CallName, number>;
+  /** Frames sent by message type. */
+  framesOut: Record<OutType, number>;
+  /** Error replies by code. */
+  errors: Record<ErrorCode, number>;
+  /** Characters of relayed signal frames (bytes for ASCII payloads such as SDP). */
+  bytesRelayed: number;
+  /** Connections ever opened. */
+  connectionsOpened: number;
+}
+
+/** The message types the server sends. */
+export type OutType =
+  | "ident"
+  | "join"
+  | "stun"
+  | "signal"
+  | "leave"
+  | "bye"
+  | "ice"
+  | "pong"
+  | "error";
+
+/** All server message types (for metrics). */
+export const OUT_TYPES: readonly OutType[] = [
+  "ident",
+  "join",
+  "stun",
+  "signal",
+  "leave",
+  "bye",
+  "ice",
+  "pong",
+  "error",
+];
+
+/** A global ident held by a connection, as a member of its room. */
+interface Member<H> {
+  readonly g: string;
+  readonly ident: string;
+  readonly room: Room<H>;
+  readonly conn: Connection<H>;
+}
+
+/** A room: its members in join order (a `Map` keeps insertion order). */
+interface Room<H> {
+  readonly name: string;
+  readonly members: Map<string, Member<H>>;
+}
+
+/** One client connection as the broker sees it. */
+export class Connection<H> {
+  /** Global idents held, by global ident. */
+  readonly idents: Map<string, Member<H>> = new Map();
+  /** The ident most recently issued by `["ident"]`, for the legacy join. */
+  issued: string | undefined = undefined;
+  /** Set once the connection closed or was asked to close. */
+  closed = false;
+  /** @internal */
+  readonly bucket: TokenBucket | null;
+  /** @internal */
+  readonly patience: TokenBucket | null;
+
+  /** Made by {@link Broker.open}. */
+  constructor(readonly id: number, readonly handle: H, limits: Limits, now: number) {
+    if (limits.rate > 0) {
+      this.bucket = new TokenBucket(limits.rate, limits.burst, now);
+      // Rejected frames drain this second bucket; it refills at a tenth of the
+      // rate, so only a sender that keeps pushing past its limit empties it.
+      this.patience = new TokenBucket(limits.rate / 10, limits.burst, now);
+    } else {
+      this.bucket = null;
+      this.patience = null;
+    }
+  }
+}
+
+/** Letters in an issued ident: 24 × log2(26) ≈ 112 bits of randomness. */
+const IDENT_LETTERS = 24;
+
+/** WebSocket close codes used by the protocol. */
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  policy: 1008,
+  tooLarge: 1009,
+  internal: 1011,
+} as const;
+
+function counters<K extends string>(keys: readonly K[]): Record<K, number> {
+  const o = {} as Record<K, number>;
+  for (const k of keys) o[k] = 0;
+  return o;
+}
+
+/**
+ * The room broker.
+ *
+ * @example
+ * ```ts
+ * const sent: [number, string][] = [];
+ * const broker = new Broker<number>({
+ *   outbox: { send: (to, f) => sent.push([to, f]), close() {}, ice() {} },
+ *   now: () => Date.now(),
+ *   randomBytes: (b) => crypto.getRandomValues(b),
+ * });
+ * const a = broker.open(1);
+ * broker.frame(a, '["join","alice","lobby"]'); // sent: [[1, '["join","lobby:alice"]']]
+ * broker.close(a);
+ * ```
+ */
+export class Broker<H> {
+  /** The limits in force. */
+  readonly limits: Readonly<Limits>;
+  /** Running totals for metrics. */
+  readonly stats: BrokerStats = {
+    framesIn: counters(CALL_NAMES),
+    framesOut: counters(OUT_TYPES),
+    errors: counters(ERROR_CODES),
+    bytesRelayed: 0,
+    connectionsOpened: 0,
+  };
+
+  readonly #outbox: Outbox<H>;
+  readonly #now: () => number;
+  readonly #randomBytes: (buf: Uint8Array) => void;
+  readonly #members = new Map<string, Member<H>>();
+  readonly #rooms = new Map<string, Room<H>>();
+  readonly #issued = new Map<string, Connection<H>>();
+  readonly #random = new Uint8Array(48);
+  #connections = 0;
+  #nextId = 1;
+
+  /** A broker with no connections. */
+  constructor(options: BrokerOptions<H>) {
+    this.#outbox = options.outbox;
+    this.#now = options.now;
+    this.#randomBytes = options.randomBytes;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+  }
+
+  /** Open connections. */
+  get connections(): number {
+    return this.#connections;
+  }
+
+  /** Rooms with at least one member. */
+  get rooms(): number {
+    return this.#rooms.size;
+  }
+
+  /** Global idents held. */
+  get idents(): number {
+    return this.#members.size;
+  }
+
+  /** Idents issued by `["ident"]` and not yet forgotten. */
+  get issued(): number {
+    return this.#issued.size;
+  }
+
+  /** A connection opened; `handle` is what the outbox is given to reach it. */
+  open(handle: H): Connection<H> {
+    this.#connections++;
+    this.stats.connectionsOpened++;
+    return new Connection(this.#nextId++, handle, this.limits, this.#now());
+  }
+
+  /** A frame arrived on `conn`. Never throws on any input. */
+  frame(conn: Connection<H>, data: string | Uint8Array): void {
+    if (conn.closed) return;
+    if (this.#tooLarge(data)) {
+      this.#fail(conn, "frame", "too-large", `frame exceeds ${this.limits.maxFrameBytes} bytes`);
+      this.#close(conn, CloseCode.tooLarge, "frame too large");
+      return;
+    }
+    if (conn.bucket !== null && !conn.bucket.take(this.#now())) {
+      this.#fail(conn, "frame", "rate-limited", `more than ${this.limits.rate} frames per second`);
+      if (!conn.patience!.take(this.#now())) {
+        this.#close(conn, CloseCode.policy, "rate limit abuse");
+      }
+      return;
+    }
+    const call = decode(data);
+    if (isFault(call)) {
+      this.#fail(conn, call.call, call.code, call.detail);
+      return;
+    }
+    this.stats.framesIn[call[0]]++;
+    switch (call[0]) {
+      case "signal":
+        this.#signal(conn, call, data);
+        return;
+      case "join":
+        if (call.length === 3) this.#join(conn, call[1], call[2]);
+        else if (conn.issued === undefined) {
+          this.#fail(conn, "join", "no-ident", 'legacy join needs an ident from ["ident"] first');
+        } else this.#join(conn, conn.issued, call[1]);
+        return;
+      case "leave":
+        this.#leave(conn, call[1]);
+        return;
+      case "ident":
+        this.#ident(conn);
+        return;
+      case "ice":
+        this.#outbox.ice(conn.handle, conn, this.#iceIdent(conn));
+        return;
+      case "ping":
+        this.#send(conn, PONG, "pong");
+        return;
+    }
+  }
+
+  /** Answers an `["ice"]` call once the server has the ICE servers. */
+  iceReply(conn: Connection<H>, servers: readonly unknown[]): void {
+    this.#send(conn, encodeIce(servers), "ice");
+  }
+
+  /**
+   * A connection closed, for any reason: each of its global idents leaves its
+   * room (remaining members get `bye`) and nothing of it stays. Idempotent.
+   */
+  close(conn: Connection<H>): void {
+    if (conn.closed) return;
+    conn.closed = true;
+    this.#connections--;
+    for (const m of conn.idents.values()) this.#remove(m);
+    if (conn.issued !== undefined) {
+      this.#issued.delete(conn.issued);
+      conn.issued = undefined;
+    }
+  }
+
+  #tooLarge(data: string | Uint8Array): boolean {
+    const max = this.limits.maxFrameBytes;
+    if (typeof data !== "string") return data.byteLength > max;
+    const n = data.length;
+    if (n > max) return true;
+    if (n * 3 <= max) return false;
+    let bytes = 0;
+    for (let i = 0; i < n; i++) {
+      const c = data.charCodeAt(i);
+      if (c < 0x80) bytes += 1;
+      else if (c < 0x800) bytes += 2;
+      else if (c >= 0xd800 && c <= 0xdbff && i + 1 < n) {
+        bytes += 4;
+        i++;
+      } else bytes += 3;
+    }
+    return bytes > max;
+  }
+
+  #signal(conn: Connection<H>, call: Call & { 0: "signal" }, raw: string | Uint8Array): void {
+    const from = call[1];
+    const to = call[2];
+    const sender = this.#members.get(from);
+    if (sender === undefined || sender.conn !== conn) {
+      this.#fail(conn, "signal", "not-owner", `${from} is not held by this connection`);
+      return;
+    }
+    const room = sender.room.name;
+    if (to.charCodeAt(room.length) !== 0x3a || !to.startsWith(room)) {
+      this.#fail(conn, "signal", "cross-room", `${to} is not in room ${room}`);
+      return;
+    }
+    const target = this.#members.get(to);
+    if (target === undefined) {
+      this.#fail(conn, "signal", "unknown-peer", `${to} is not held by anyone`);
+      return;
+    }
+    const frame = encodeSignal(raw, call);
+    this.stats.bytesRelayed += frame.length;
+    this.#send(target.conn, frame, "signal");
+  }
+
+  #join(conn: Connection<H>, ident: string, roomName: string): void {
+    const g = roomName + ":" + ident;
+    const held = this.#members.get(g);
+    if (held !== undefined) {
+      if (held.conn === conn) this.#send(conn, encodeJoin(g), "join");
+      else this.#fail(conn, "join", "ident-taken", g);
+      return;
+    }
+    if (conn.idents.size >= this.limits.maxIdentsPerConnection) {
+      this.#fail(
+        conn,
+        "join",
+        "limit",
+        `at most ${this.limits.maxIdentsPerConnection} idents per connection`,
+      );
+      return;
+    }
+    let room = this.#rooms.get(roomName);
+    if (room !== undefined && room.members.size >= this.limits.maxPeersPerRoom) {
+      this.#fail(conn, "join", "limit", `room ${roomName} is full`);
+      return;
+    }
+    if (room === undefined) {
+      room = { name: roomName, members: new Map() };
+      this.#rooms.set(roomName, room);
+    }
+    const m: Member<H> = { g, ident, room, conn };
+    this.#send(conn, encodeJoin(g), "join");
+    for (const t of room.members.values()) {
+      this.#send(t.conn, encodeStun(t.g, g, false), "stun");
+      this.#send(conn, encodeStun(g, t.g, true), "stun");
+    }
+    room.members.set(g, m);
+    this.#members.set(g, m);
+    conn.idents.set(g, m);
+  }
+
+  #leave(conn: Connection<H>, g: string): void {
+    const m = this.#members.get(g);
+    if (m === undefined || m.conn !== conn) {
+      this.#fail(conn, "leave", "not-owner", `${g} is not held by this connection`);
+      return;
+    }
+    this.#send(conn, encodeLeave(g), "leave");
+    this.#remove(m);
+  }
+
+  /** Takes a member out of every index and says `bye` to the rest of its room. */
+  #remove(m: Member<H>): void {
+    const room = m.room;
+    room.members.delete(m.g);
+    this.#members.delete(m.g);
+    m.conn.idents.delete(m.g);
+    if (room.members.size === 0) {
+      this.#rooms.delete(room.name);
+      return;
+    }
+    for (const t of room.members.values()) this.#send(t.conn, encodeBye(t.g, m.g), "bye");
+  }
+
+  #ident(conn: Connection<H>): void {
+    let id = this.#randomIdent();
+    while (this.#issued.has(id)) id = this.#randomIdent();
+    if (conn.issued !== undefined) this.#issued.delete(conn.issued);
+    conn.issued = id;
+    this.#issued.set(id, conn);
+    this.#send(conn, encodeIdent(id), "ident");
+  }
+
+  /** The ident a TURN credential is made out to. */
+  #iceIdent(conn: Connection<H>): string {
+    for (const m of conn.idents.values()) return m.ident;
+    return conn.issued ?? this.#randomIdent();
+  }
+
+  /** 24 lowercase letters, drawn without modulo bias. */
+  #randomIdent(): string {
+    const buf = this.#random;
+    let s = "";
+    while (s.length < IDENT_LETTERS) {
+      this.#randomBytes(buf);
+      for (let i = 0; i < buf.length && s.length < IDENT_LETTERS; i++) {
+        // 234 = 9 × 26: bytes at or above it would favour the first letters.
+        if (buf[i] < 234) s += String.fromCharCode(0x61 + (buf[i] % 26));
+      }
+    }
+    return s;
+  }
+
+  #send(conn: Connection<H>, frame: string, type: OutType): void {
+    if (conn.closed) return;
+    this.stats.framesOut[type]++;
+    this.#outbox.send(conn.handle, frame);
+  }
+
+  #fail(conn: Connection<H>, call: string, code: ErrorCode, detail: string): void {
+    this.stats.errors[code]++;
+    this.#send(conn, encodeError(call, code, detail), "error");
+  }
+
+  #close(conn: Connection<H>, code: number, reason: string): void {
+    this.#outbox.close(conn.handle, code, reason);
+    this.close(conn);
+  }
+}

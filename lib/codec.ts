@@ -1,0 +1,242 @@
+/**
+ * The wire codec: client frames in, server messages out.
+ *
+ * Decoding validates the whole shape of a call (argument count, types and
+ * naming rules), so the broker only ever sees well-formed calls. Calls are
+ * typed as tuples: the parsed JSON array is the call, with no copy.
+ *
+ * @module
+ */
+
+import { globalColon, isJsonPlain, isName } from "./names.ts";
+
+/** A well-formed client call, exactly as it arrived on the wire. */
+export type Call =
+  | readonly ["ident"]
+  | readonly ["join", string, string]
+  | readonly ["join", string]
+  | readonly ["signal", string, string, unknown]
+  | readonly ["leave", string]
+  | readonly ["ice"]
+  | readonly ["ping"];
+
+/** Every call name the server knows. */
+export type CallName = Call[0];
+
+/** Every error code of the protocol. */
+export type ErrorCode =
+  | "bad-json"
+  | "bad-frame"
+  | "unknown-call"
+  | "bad-args"
+  | "no-ident"
+  | "ident-taken"
+  | "not-owner"
+  | "cross-room"
+  | "unknown-peer"
+  | "limit"
+  | "rate-limited"
+  | "too-large"
+  | "forbidden"
+  | "unavailable";
+
+/** All error codes, in the order PROTOCOL.md lists them (for metrics). */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  "bad-json",
+  "bad-frame",
+  "unknown-call",
+  "bad-args",
+  "no-ident",
+  "ident-taken",
+  "not-owner",
+  "cross-room",
+  "unknown-peer",
+  "limit",
+  "rate-limited",
+  "too-large",
+  "forbidden",
+  "unavailable",
+];
+
+/** All call names (for metrics). */
+export const CALL_NAMES: readonly CallName[] = [
+  "ident",
+  "join",
+  "signal",
+  "leave",
+  "ice",
+  "ping",
+];
+
+/** Why a frame could not be turned into a call. */
+export interface Fault {
+  /** The call's name, or `"frame"` when the frame itself is unusable. */
+  readonly call: string;
+  /** The protocol error code. */
+  readonly code: ErrorCode;
+  /** A short human-readable explanation. */
+  readonly detail: string;
+}
+
+/** Longest call name echoed back in an `unknown-call` error. */
+const MAX_ECHOED_NAME = 64;
+
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+function fault(call: string, code: ErrorCode, detail: string): Fault {
+  return { call, code, detail };
+}
+
+const BAD_JSON = fault("frame", "bad-json", "frame is not valid JSON");
+const BAD_UTF8 = fault("frame", "bad-json", "binary frame is not valid UTF-8");
+const BAD_FRAME = fault(
+  "frame",
+  "bad-frame",
+  "frame must be a non-empty JSON array whose first element is a string",
+);
+
+function badArgs(call: CallName, detail: string): Fault {
+  return fault(call, "bad-args", detail);
+}
+
+/** True when `x` is a {@link Fault} rather than a {@link Call}. */
+export function isFault(x: Call | Fault): x is Fault {
+  return !Array.isArray(x);
+}
+
+/**
+ * Decodes one frame (text, or binary holding UTF-8 JSON) into a call.
+ *
+ * @example
+ * ```ts
+ * const c = decode('["join","bob","lobby"]');
+ * if (!isFault(c) && c[0] === "join") console.log(c.length); // 3
+ * ```
+ */
+export function decode(frame: string | Uint8Array): Call | Fault {
+  let text: string;
+  if (typeof frame === "string") text = frame;
+  else {
+    try {
+      text = utf8.decode(frame);
+    } catch {
+      return BAD_UTF8;
+    }
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return BAD_JSON;
+  }
+  if (!Array.isArray(v) || v.length === 0 || typeof v[0] !== "string") return BAD_FRAME;
+  const n = v.length;
+  switch (v[0]) {
+    case "signal":
+      if (n !== 4) return badArgs("signal", 'expected ["signal", from, to, data]');
+      if (globalColon(v[1]) < 0) return badArgs("signal", "from is not a valid global ident");
+      if (globalColon(v[2]) < 0) return badArgs("signal", "to is not a valid global ident");
+      return v as unknown as Call;
+    case "join":
+      if (n === 3) {
+        if (!isName(v[1])) return badArgs("join", "ident breaks the naming rules");
+        if (!isName(v[2])) return badArgs("join", "room breaks the naming rules");
+        return v as unknown as Call;
+      }
+      if (n === 2) {
+        if (!isName(v[1])) return badArgs("join", "room breaks the naming rules");
+        return v as unknown as Call;
+      }
+      return badArgs("join", 'expected ["join", ident, room] or ["join", room]');
+    case "leave":
+      if (n !== 2 || globalColon(v[1]) < 0) {
+        return badArgs("leave", 'expected ["leave", "room:ident"]');
+      }
+      return v as unknown as Call;
+    case "ident":
+    case "ice":
+    case "ping":
+      if (n !== 1) return badArgs(v[0], `expected ["${v[0]}"] with no arguments`);
+      return v as unknown as Call;
+    default: {
+      const name = (v[0] as string).slice(0, MAX_ECHOED_NAME);
+      return fault(name, "unknown-call", "no such call");
+    }
+  }
+}
+
+/**
+ * The relayed frame `["signal", to, from, data]`. When the sender's frame is
+ * in the compact form every client library sends, `data` is copied as the
+ * original JSON text instead of being serialised again.
+ */
+export function encodeSignal(raw: string | Uint8Array, call: Call & { 0: "signal" }): string {
+  const from = call[1];
+  const to = call[2];
+  if (typeof raw === "string" && isJsonPlain(from) && isJsonPlain(to)) {
+    const data = rawSignalData(raw, from, to);
+    if (data !== "") return '["signal","' + to + '","' + from + '",' + data + "]";
+  }
+  return JSON.stringify(["signal", to, from, call[3]]);
+}
+
+/**
+ * The JSON text of `data` in a compact `["signal","from","to",data]` frame,
+ * or "" when the frame is in any other layout. Only called after the frame
+ * parsed as exactly that call, with names free of `"` and `\`, so the text
+ * between the prefix and the closing bracket is the fourth element.
+ */
+function rawSignalData(raw: string, from: string, to: string): string {
+  const PREFIX = '["signal","';
+  if (!raw.startsWith(PREFIX)) return "";
+  let i = PREFIX.length;
+  if (!raw.startsWith(from, i)) return "";
+  i += from.length;
+  if (!raw.startsWith('","', i)) return "";
+  i += 3;
+  if (!raw.startsWith(to, i)) return "";
+  i += to.length;
+  if (!raw.startsWith('",', i)) return "";
+  i += 2;
+  const end = raw.length - 1;
+  if (end <= i || raw.charCodeAt(end) !== 0x5d /* ] */) return "";
+  return raw.slice(i, end);
+}
+
+/** `["ident", id]` for an issued ident (lowercase letters, never escaped). */
+export function encodeIdent(id: string): string {
+  return '["ident","' + id + '"]';
+}
+
+/** `["join", globalIdent]`. */
+export function encodeJoin(g: string): string {
+  return JSON.stringify(["join", g]);
+}
+
+/** `["stun", own, peer, initiator]`: announces a new pair to one side. */
+export function encodeStun(own: string, peer: string, initiator: boolean): string {
+  return JSON.stringify(["stun", own, peer, initiator]);
+}
+
+/** `["leave", globalIdent]`: confirms a leave to the leaver. */
+export function encodeLeave(g: string): string {
+  return JSON.stringify(["leave", g]);
+}
+
+/** `["bye", own, gone]`: tells a remaining member that a peer left. */
+export function encodeBye(own: string, gone: string): string {
+  return JSON.stringify(["bye", own, gone]);
+}
+
+/** `["pong"]`. */
+export const PONG = '["pong"]';
+
+/** `["error", call, code, detail]`. */
+export function encodeError(call: string, code: ErrorCode, detail: string): string {
+  return JSON.stringify(["error", call, code, detail]);
+}
+
+/** `["ice", iceServers]`. */
+export function encodeIce(servers: readonly unknown[]): string {
+  return JSON.stringify(["ice", servers]);
+}

@@ -1,0 +1,455 @@
+/**
+ * Configuration from command-line flags and environment variables.
+ *
+ * Every setting has a flag and an environment variable; a flag wins over the
+ * variable, and the variable over the default. Parsing is pure: the caller
+ * passes the arguments and a way to read the environment and files.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { DEFAULT_LIMITS, type Limits } from "./broker.ts";
+
+/** The server's whole configuration. */
+export interface Config {
+  /** TCP port to listen on. */
+  port: number;
+  /** Address to bind. */
+  host: string;
+  /** An extra path that upgrades to WebSocket besides `/` ("" for none). */
+  path: string;
+  /** Broker limits. */
+  limits: Limits;
+  /** Unsent bytes a connection may have queued before it is closed. */
+  maxBufferedBytes: number;
+  /** Seconds without a pong before a connection is deemed dead (0 = off). */
+  idleTimeout: number;
+  /** Allowed Origin header values; empty allows all. */
+  allowedOrigins: string[];
+  /** TLS certificate file (PEM), with `tlsKey`. */
+  tlsCert: string;
+  /** TLS key file (PEM), with `tlsCert`. */
+  tlsKey: string;
+  /** Log level. */
+  logLevel: LogLevel;
+  /** Log format: human text or JSON lines. */
+  logFormat: "text" | "json";
+  /** STUN server URLs handed out by `["ice"]`. */
+  stunUrls: string[];
+  /** TURN server URLs handed out by `["ice"]` with credentials. */
+  turnUrls: string[];
+  /** TURN shared secrets; the first signs, the rest are older ones coturn still accepts. */
+  turnSecrets: string[];
+  /** Lifetime of TURN credentials, in seconds. */
+  turnTtl: number;
+  /** Redis URL: set, the instance runs in cluster mode. */
+  redisUrl: string;
+  /** Seconds a graceful shutdown may take before the process exits anyway. */
+  shutdownTimeout: number;
+}
+
+/** Log levels, most verbose first. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
+
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
+/** A setting that cannot be used; the message names it. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** How a setting's text becomes its value. */
+type Parse<T> = (text: string) => T;
+
+interface Setting<K extends keyof Flat> {
+  key: K;
+  flag: string;
+  env: string;
+  default: string;
+  help: string;
+  parse: Parse<Flat[K]>;
+}
+
+/** The configuration before grouping, one field per setting. */
+interface Flat {
+  port: number;
+  host: string;
+  path: string;
+  maxFrameBytes: number;
+  maxIdentsPerConnection: number;
+  maxPeersPerRoom: number;
+  rate: number;
+  burst: number;
+  maxBufferedBytes: number;
+  idleTimeout: number;
+  allowedOrigins: string[];
+  tlsCert: string;
+  tlsKey: string;
+  logLevel: LogLevel;
+  logFormat: "text" | "json";
+  stunUrls: string[];
+  turnUrls: string[];
+  turnSecret: string[];
+  turnSecretFile: string;
+  turnTtl: number;
+  redisUrl: string;
+  shutdownTimeout: number;
+}
+
+function int(min: number, max: number): Parse<number> {
+  return (t) => {
+    if (!/^\d+$/.test(t)) throw new Error(`"${t}" is not a whole number`);
+    const n = Number(t);
+    if (n < min || n > max) throw new Error(`${n} is outside ${min}..${max}`);
+    return n;
+  };
+}
+
+const text: Parse<string> = (t) => t;
+
+function list(t: string): string[] {
+  return t.split(",").map((s) => s.trim()).filter((s) => s !== "");
+}
+
+function oneOf<T extends string>(values: readonly T[]): Parse<T> {
+  return (t) => {
+    if (!(values as readonly string[]).includes(t)) {
+      throw new Error(`"${t}" is not one of ${values.join(", ")}`);
+    }
+    return t as T;
+  };
+}
+
+function path(t: string): string {
+  if (t !== "" && !/^\/[A-Za-z0-9._~\/-]*$/.test(t)) {
+    throw new Error(`"${t}" is not a URL path starting with /`);
+  }
+  return t === "/" ? "" : t;
+}
+
+function urls(t: string): string[] {
+  const all = list(t);
+  for (const u of all) {
+    if (!/^(stun|stuns|turn|turns):/.test(u)) throw new Error(`"${u}" is not a stun: or turn: URL`);
+  }
+  return all;
+}
+
+const MAX = 2 ** 31 - 1;
+
+/** Every setting: key, flag, environment variable, default and help. */
+const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
+  {
+    key: "port",
+    flag: "port",
+    env: "PORT",
+    default: "3903",
+    help: "TCP port",
+    parse: int(0, 65535),
+  },
+  {
+    key: "host",
+    flag: "host",
+    env: "HOST",
+    default: "0.0.0.0",
+    help: "address to bind",
+    parse: text,
+  },
+  {
+    key: "path",
+    flag: "path",
+    env: "WS_PATH",
+    default: "",
+    help: "extra WebSocket path besides /",
+    parse: path,
+  },
+  {
+    key: "maxFrameBytes",
+    flag: "max-frame-bytes",
+    env: "MAX_FRAME_BYTES",
+    default: String(DEFAULT_LIMITS.maxFrameBytes),
+    help: "largest frame; larger closes with 1009",
+    parse: int(64, 16 * 1024 * 1024),
+  },
+  {
+    key: "maxIdentsPerConnection",
+    flag: "max-idents",
+    env: "MAX_IDENTS",
+    default: String(DEFAULT_LIMITS.maxIdentsPerConnection),
+    help: "global idents one connection may hold",
+    parse: int(1, MAX),
+  },
+  {
+    key: "maxPeersPerRoom",
+    flag: "max-room-peers",
+    env: "MAX_ROOM_PEERS",
+    default: String(DEFAULT_LIMITS.maxPeersPerRoom),
+    help: "members one room may have",
+    parse: int(1, MAX),
+  },
+  {
+    key: "rate",
+    flag: "rate",
+    env: "RATE_LIMIT",
+    default: String(DEFAULT_LIMITS.rate),
+    help: "frames per second per connection (0 = no limit)",
+    parse: int(0, MAX),
+  },
+  {
+    key: "burst",
+    flag: "burst",
+    env: "RATE_BURST",
+    default: String(DEFAULT_LIMITS.burst),
+    help: "frames a connection may send at once above the rate",
+    parse: int(1, MAX),
+  },
+  {
+    key: "maxBufferedBytes",
+    flag: "max-buffered-bytes",
+    env: "MAX_BUFFERED_BYTES",
+    default: String(1024 * 1024),
+    help: "unsent bytes a slow reader may queue before it is closed",
+    parse: int(1024, MAX),
+  },
+  {
+    key: "idleTimeout",
+    flag: "idle-timeout",
+    env: "IDLE_TIMEOUT",
+    default: "30",
+    help: "seconds without a pong before a connection is dropped (0 = off)",
+    parse: int(0, 3600),
+  },
+  {
+    key: "allowedOrigins",
+    flag: "allowed-origins",
+    env: "ALLOWED_ORIGINS",
+    default: "",
+    help: "comma-separated Origin allowlist (empty = any)",
+    parse: list,
+  },
+  {
+    key: "tlsCert",
+    flag: "tls-cert",
+    env: "TLS_CERT",
+    default: "",
+    help: "PEM certificate file: serve https/wss",
+    parse: text,
+  },
+  {
+    key: "tlsKey",
+    flag: "tls-key",
+    env: "TLS_KEY",
+    default: "",
+    help: "PEM private key file for --tls-cert",
+    parse: text,
+  },
+  {
+    key: "logLevel",
+    flag: "log-level",
+    env: "LOG_LEVEL",
+    default: "info",
+    help: LOG_LEVELS.join(" | "),
+    parse: oneOf(LOG_LEVELS),
+  },
+  {
+    key: "logFormat",
+    flag: "log-format",
+    env: "LOG_FORMAT",
+    default: "text",
+    help: "text | json",
+    parse: oneOf(["text", "json"] as const),
+  },
+  {
+    key: "stunUrls",
+    flag: "stun-urls",
+    env: "STUN_URLS",
+    default: "",
+    help: 'comma-separated STUN URLs for ["ice"]',
+    parse: urls,
+  },
+  {
+    key: "turnUrls",
+    flag: "turn-urls",
+    env: "TURN_URLS",
+    default: "",
+    help: 'comma-separated TURN URLs for ["ice"]',
+    parse: urls,
+  },
+  {
+    key: "turnSecret",
+    flag: "turn-secret",
+    env: "TURN_SECRET",
+    default: "",
+    help: "TURN shared secret(s), comma-separated; the first signs",
+    parse: list,
+  },
+  {
+    key: "turnSecretFile",
+    flag: "turn-secret-file",
+    env: "TURN_SECRET_FILE",
+    default: "",
+    help: "file with TURN secrets, one a line; the first signs",
+    parse: text,
+  },
+  {
+    key: "turnTtl",
+    flag: "turn-ttl",
+    env: "TURN_TTL",
+    default: "3600",
+    help: "seconds TURN credentials stay valid",
+    parse: int(60, 7 * 24 * 3600),
+  },
+  {
+    key: "redisUrl",
+    flag: "redis-url",
+    env: "REDIS_URL",
+    default: "",
+    help: "redis://host:port: run as one instance of a cluster",
+    parse: (t) => {
+      if (t !== "" && !/^rediss?:\/\//.test(t)) throw new Error(`"${t}" is not a redis:// URL`);
+      return t;
+    },
+  },
+  {
+    key: "shutdownTimeout",
+    flag: "shutdown-timeout",
+    env: "SHUTDOWN_TIMEOUT",
+    default: "5",
+    help: "seconds a graceful shutdown may take",
+    parse: int(0, 300),
+  },
+];
+
+/** Environment variables the server reads (for `--allow-env=…`). */
+export const ENV_NAMES: readonly string[] = SETTINGS.map((s) => s.env);
+
+/** What {@link parseConfig} reads from outside. */
+export interface ConfigSource {
+  /** Command-line arguments after the program name. */
+  args: string[];
+  /** Reads one environment variable. */
+  env: (name: string) => string | undefined;
+  /** Reads a text file (for the TURN secret file). */
+  readTextFile: (path: string) => string;
+}
+
+/** The outcome of reading the command line. */
+export type ParsedCommand =
+  | { kind: "help"; text: string }
+  | { kind: "version" }
+  | { kind: "run"; config: Config };
+
+/**
+ * Reads the configuration; throws {@link ConfigError} naming the bad setting.
+ *
+ * @example
+ * ```ts
+ * const cmd = parseConfig({ args: ["--port", "8080"], env: () => undefined, readTextFile: () => "" });
+ * if (cmd.kind === "run") console.log(cmd.config.port); // 8080
+ * ```
+ */
+export function parseConfig(source: ConfigSource): ParsedCommand {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "V" },
+  };
+  for (const s of SETTINGS) options[s.flag] = { type: "string" };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: source.args, options, strict: true, allowPositionals: false })
+      .values as Record<string, string | boolean | undefined>;
+  } catch (e) {
+    throw new ConfigError((e as Error).message.split("\n")[0]);
+  }
+  if (values.help) return { kind: "help", text: helpText() };
+  if (values.version) return { kind: "version" };
+
+  const flat = {} as Record<string, unknown>;
+  for (const s of SETTINGS) {
+    const fromFlag = values[s.flag];
+    const raw = typeof fromFlag === "string" ? fromFlag : source.env(s.env) ?? s.default;
+    try {
+      flat[s.key] = s.parse(raw.trim());
+    } catch (e) {
+      const where = typeof fromFlag === "string" ? `--${s.flag}` : `${s.env} (--${s.flag})`;
+      throw new ConfigError(`invalid ${where}: ${(e as Error).message}`);
+    }
+  }
+  return { kind: "run", config: group(flat as unknown as Flat, source) };
+}
+
+function group(f: Flat, source: ConfigSource): Config {
+  if ((f.tlsCert === "") !== (f.tlsKey === "")) {
+    throw new ConfigError("invalid TLS_CERT/TLS_KEY (--tls-cert/--tls-key): set both or neither");
+  }
+  if (f.burst < 1) throw new ConfigError("invalid RATE_BURST (--burst): must be at least 1");
+  let secrets = f.turnSecret;
+  if (f.turnSecretFile !== "") {
+    let content: string;
+    try {
+      content = source.readTextFile(f.turnSecretFile);
+    } catch (e) {
+      throw new ConfigError(
+        `invalid TURN_SECRET_FILE (--turn-secret-file): cannot read ${f.turnSecretFile}: ${
+          (e as Error).message.split("\n")[0]
+        }`,
+      );
+    }
+    secrets = [...content.split("\n").map((l) => l.trim()).filter((l) => l !== ""), ...secrets];
+    if (secrets.length === 0) {
+      throw new ConfigError(
+        "invalid TURN_SECRET_FILE (--turn-secret-file): the file holds no secret",
+      );
+    }
+  }
+  if (secrets.length > 0 && f.turnUrls.length === 0) {
+    throw new ConfigError("invalid TURN_URLS (--turn-urls): a TURN secret needs TURN URLs");
+  }
+  return {
+    port: f.port,
+    host: f.host,
+    path: f.path,
+    limits: {
+      maxFrameBytes: f.maxFrameBytes,
+      maxIdentsPerConnection: f.maxIdentsPerConnection,
+      maxPeersPerRoom: f.maxPeersPerRoom,
+      rate: f.rate,
+      burst: f.burst,
+    },
+    maxBufferedBytes: f.maxBufferedBytes,
+    idleTimeout: f.idleTimeout,
+    allowedOrigins: f.allowedOrigins,
+    tlsCert: f.tlsCert,
+    tlsKey: f.tlsKey,
+    logLevel: f.logLevel,
+    logFormat: f.logFormat,
+    stunUrls: f.stunUrls,
+    turnUrls: f.turnUrls,
+    turnSecrets: secrets,
+    turnTtl: f.turnTtl,
+    redisUrl: f.redisUrl,
+    shutdownTimeout: f.shutdownTimeout,
+  };
+}
+
+/** The `--help` text: every flag with its variable and default. */
+export function helpText(): string {
+  const lines = [
+    "signal-server: a WebRTC signal server speaking the DIVA signal protocol",
+    "",
+    "usage: signal-server [flags]",
+    "",
+    "Every flag can also be set by the environment variable shown; a flag wins.",
+    "",
+  ];
+  const width = Math.max(...SETTINGS.map((s) => s.flag.length)) + 2;
+  for (const s of SETTINGS) {
+    const def = s.default === "" ? "" : ` (default ${s.default})`;
+    lines.push(`  --${s.flag.padEnd(width)} ${s.env.padEnd(18)} ${s.help}${def}`);
+  }
+  lines.push(`  --${"help".padEnd(width)} ${"".padEnd(18)} show this help`);
+  lines.push(`  --${"version".padEnd(width)} ${"".padEnd(18)} print the version`);
+  return lines.join("\n");
+}

@@ -1,0 +1,44 @@
+/**
+ * Logging setup with LogTape: human text or JSON lines on stderr.
+ *
+ * @module
+ */
+
+import {
+  configureSync,
+  getJsonLinesFormatter,
+  getLogger,
+  getTextFormatter,
+  type Logger,
+  type LogRecord,
+  resetSync,
+} from "@logtape/logtape";
+import type { LogLevel } from "./config.ts";
+
+/** The logger of the server; categories below it name the concern. */
+export function logger(...sub: string[]): Logger {
+  return getLogger(["signal", ...sub]);
+}
+
+/**
+ * Sends log records at `level` and above to stderr, as text or JSON lines.
+ * Signal payloads are only ever logged at debug level or below.
+ */
+export function setupLogging(level: LogLevel, format: "text" | "json"): void {
+  const encoder = new TextEncoder();
+  const formatter = format === "json"
+    ? getJsonLinesFormatter()
+    : getTextFormatter({ value: (v) => (typeof v === "string" ? v : Deno.inspect(v)) });
+  // A synchronous sink: log lines are short, and a crash must not lose them.
+  const stderr = (record: LogRecord) => {
+    Deno.stderr.writeSync(encoder.encode(formatter(record)));
+  };
+  resetSync();
+  configureSync({
+    sinks: { stderr },
+    loggers: [
+      { category: ["signal"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}
