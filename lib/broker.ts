@@ -47,6 +47,24 @@ export interface Outbox<H> {
   ice(to: H, conn: Connection<H>, ident: string): void;
 }
 
+/**
+ * The shared directory of a cluster (see `lib/cluster.ts`). Without one the
+ * broker is the only authority and decides every join at once. With one, a
+ * join is claimed in the directory first and completes later, through
+ * {@link Broker.memberJoined} or {@link Broker.claimRefused}; members on other
+ * instances appear in rooms with `conn === null`.
+ */
+export interface Directory<H> {
+  /** Claims `room:ident` for `conn` across the cluster; answers asynchronously. */
+  claim(conn: Connection<H>, room: string, ident: string): void;
+  /** Gives up a global ident held here (a leave or a close). */
+  release(g: string, room: string): void;
+  /** Forwards a frame to a member on another instance; false if that cannot be done now. */
+  relay(instance: string, g: string, frame: string): boolean;
+  /** The room has neither local members nor pending claims any more. */
+  unwatch(room: string): void;
+}
+
 /** The configurable limits of the broker. */
 export interface Limits {
   /** Largest accepted frame, in bytes; a larger one closes with 1009. */
@@ -80,6 +98,8 @@ export interface BrokerOptions<H> {
   randomBytes: (buf: Uint8Array) => void;
   /** Limits; missing ones take {@link DEFAULT_LIMITS}. */
   limits?: Partial<Limits>;
+  /** The cluster directory; absent, the broker runs alone. */
+  directory?: Directory<H>;
 }
 
 /** Running totals for metrics. */
@@ -126,14 +146,22 @@ interface Member<H> {
   readonly g: string;
   readonly ident: string;
   readonly room: Room<H>;
-  readonly conn: Connection<H>;
+  /** The holder, or null for a member held on another instance. */
+  readonly conn: Connection<H> | null;
+  /** The instance holding a remote member ("" for a local one). */
+  readonly instance: string;
 }
 
 /** A room: its members in join order (a `Map` keeps insertion order). */
 interface Room<H> {
   readonly name: string;
   readonly members: Map<string, Member<H>>;
+  /** Local members plus claims in flight; at zero a cluster view is dropped. */
+  local: number;
 }
+
+/** Frames a connection may send while its join is being claimed. */
+const MAX_QUEUED_FRAMES = 256;
 
 /** One client connection as the broker sees it. */
 export class Connection<H> {
@@ -143,6 +171,10 @@ export class Connection<H> {
   issued: string | undefined = undefined;
   /** Set once the connection closed or was asked to close. */
   closed = false;
+  /** Set while a join is being claimed in the cluster directory. */
+  waiting = false;
+  /** Frames that arrived while waiting, handled in order once the claim ends. */
+  readonly queue: (string | Uint8Array)[] = [];
   /** @internal */
   readonly bucket: TokenBucket | null;
   /** @internal */
@@ -214,6 +246,9 @@ export class Broker<H> {
   readonly #members = new Map<string, Member<H>>();
   readonly #rooms = new Map<string, Room<H>>();
   readonly #issued = new Map<string, Connection<H>>();
+  readonly #directory: Directory<H> | undefined;
+  /** Remote members by instance, to drop them all when an instance dies. */
+  readonly #remote = new Map<string, Set<string>>();
   readonly #random = new Uint8Array(48);
   #connections = 0;
   #nextId = 1;
@@ -224,6 +259,7 @@ export class Broker<H> {
     this.#now = options.now;
     this.#randomBytes = options.randomBytes;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.#directory = options.directory;
   }
 
   /** Open connections. */
@@ -268,6 +304,16 @@ export class Broker<H> {
       }
       return;
     }
+    if (conn.waiting) {
+      if (conn.queue.length >= MAX_QUEUED_FRAMES) {
+        this.#close(conn, CloseCode.policy, "too many frames while joining");
+      } else conn.queue.push(data);
+      return;
+    }
+    this.#dispatch(conn, data);
+  }
+
+  #dispatch(conn: Connection<H>, data: string | Uint8Array): void {
     const call = decode(data);
     if (isFault(call)) {
       this.#fail(conn, call.call, call.code, call.detail);
@@ -312,6 +358,7 @@ export class Broker<H> {
     if (conn.closed) return;
     conn.closed = true;
     this.#connections--;
+    conn.queue.length = 0;
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
       this.#issued.delete(conn.issued);
@@ -357,8 +404,13 @@ export class Broker<H> {
       return;
     }
     const frame = encodeSignal(raw, call);
+    if (target.conn !== null) this.#send(target.conn, frame, "signal");
+    else if (this.#directory!.relay(target.instance, to, frame)) this.stats.framesOut.signal++;
+    else {
+      this.#fail(conn, "signal", "unavailable", "the cluster is unreachable; retry later");
+      return;
+    }
     this.stats.bytesRelayed += frame.length;
-    this.#send(target.conn, frame, "signal");
   }
 
   #join(conn: Connection<H>, ident: string, roomName: string): void {
@@ -384,18 +436,164 @@ export class Broker<H> {
       return;
     }
     if (room === undefined) {
-      room = { name: roomName, members: new Map() };
+      room = { name: roomName, members: new Map(), local: 0 };
       this.#rooms.set(roomName, room);
     }
-    const m: Member<H> = { g, ident, room, conn };
-    this.#send(conn, encodeJoin(g), "join");
+    if (this.#directory !== undefined) {
+      room.local++;
+      conn.waiting = true;
+      this.#directory.claim(conn, roomName, ident);
+      return;
+    }
+    this.#add(room, ident, g, conn, "");
+  }
+
+  /**
+   * Adds a member and announces it: a local joiner gets its `join` reply and
+   * one `stun` (as initiator) per member already there; every local member
+   * already there gets one `stun` (not initiator) for the joiner.
+   */
+  #add(room: Room<H>, ident: string, g: string, conn: Connection<H> | null, instance: string) {
+    const m: Member<H> = { g, ident, room, conn, instance };
+    if (conn !== null) this.#send(conn, encodeJoin(g), "join");
     for (const t of room.members.values()) {
-      this.#send(t.conn, encodeStun(t.g, g, false), "stun");
-      this.#send(conn, encodeStun(g, t.g, true), "stun");
+      if (t.conn !== null) this.#send(t.conn, encodeStun(t.g, g, false), "stun");
+      if (conn !== null) this.#send(conn, encodeStun(g, t.g, true), "stun");
     }
     room.members.set(g, m);
     this.#members.set(g, m);
-    conn.idents.set(g, m);
+    if (conn !== null) {
+      room.local++;
+      conn.idents.set(g, m);
+    } else {
+      let set = this.#remote.get(instance);
+      if (set === undefined) this.#remote.set(instance, set = new Set());
+      set.add(g);
+    }
+  }
+
+  /**
+   * Cluster: a join took effect, in the cluster's order of joins. `conn` is
+   * the local connection that claimed it (its join completes now), or null
+   * for a member on `instance`. Announces the pairs as a local join would.
+   */
+  memberJoined(
+    roomName: string,
+    ident: string,
+    instance: string,
+    conn: Connection<H> | null,
+  ): void {
+    const g = roomName + ":" + ident;
+    let room = this.#rooms.get(roomName);
+    const stale = this.#members.get(g);
+    if (conn !== null) {
+      conn.waiting = false;
+      // The directory gave `g` to us, so a remote holder in our view is stale.
+      if (stale !== undefined && stale.conn === null && !conn.closed) this.#remove(stale);
+      if (room !== undefined) room.local--;
+      if (conn.closed) {
+        // Claimed for a connection that is gone: give it back at once.
+        this.#directory?.release(g, roomName);
+        if (room !== undefined) this.#dropIfUnwatched(room);
+        return;
+      }
+    } else if (stale !== undefined) return;
+    if (room === undefined) {
+      room = { name: roomName, members: new Map(), local: 0 };
+      this.#rooms.set(roomName, room);
+    }
+    this.#add(room, ident, g, conn, instance);
+    if (conn !== null) this.#drain(conn);
+  }
+
+  /** Cluster: a member on another instance left (or its instance died). */
+  memberLeft(g: string): void {
+    const m = this.#members.get(g);
+    if (m === undefined || m.conn !== null) return;
+    this.#remove(m);
+  }
+
+  /** Cluster: every member held by `instance` left (the instance died). */
+  instanceGone(instance: string): void {
+    const set = this.#remote.get(instance);
+    if (set === undefined) return;
+    for (const g of set) this.memberLeft(g);
+  }
+
+  /** Cluster: a claim was refused; the join fails with `code`. */
+  claimRefused(conn: Connection<H>, roomName: string, code: ErrorCode, detail: string): void {
+    conn.waiting = false;
+    const room = this.#rooms.get(roomName);
+    if (room !== undefined) {
+      room.local--;
+      this.#dropIfUnwatched(room);
+    }
+    if (conn.closed) return;
+    this.#fail(conn, "join", code, detail);
+    this.#drain(conn);
+  }
+
+  /** Cluster: the members of a room as this instance sees them, in join order. */
+  roomMembers(roomName: string): { g: string; instance: string; local: boolean }[] {
+    const room = this.#rooms.get(roomName);
+    if (room === undefined) return [];
+    return [...room.members.values()].map((m) => ({
+      g: m.g,
+      instance: m.instance,
+      local: m.conn !== null,
+    }));
+  }
+
+  /** Cluster: every global ident held by local connections, room by room in join order. */
+  localMembers(): { g: string; room: string }[] {
+    const out: { g: string; room: string }[] = [];
+    for (const room of this.#rooms.values()) {
+      for (const m of room.members.values()) {
+        if (m.conn !== null) out.push({ g: m.g, room: room.name });
+      }
+    }
+    return out;
+  }
+
+  /** Cluster: names of the rooms this instance has a view of. */
+  roomNames(): string[] {
+    return [...this.#rooms.keys()];
+  }
+
+  /** Cluster: instances holding members this instance sees. */
+  remoteInstances(): string[] {
+    return [...this.#remote.keys()];
+  }
+
+  /** Handles frames that waited for a claim, until another claim makes it wait. */
+  #drain(conn: Connection<H>): void {
+    const q = conn.queue;
+    let i = 0;
+    while (i < q.length && !conn.waiting && !conn.closed) this.#dispatch(conn, q[i++]);
+    q.splice(0, i);
+  }
+
+  /**
+   * Drops a room once nothing local is in it or on its way in. Alone, that
+   * means empty; in a cluster, the remote members this instance no longer
+   * needs to see go too.
+   */
+  #dropIfUnwatched(room: Room<H>): void {
+    if (room.local > 0) return;
+    for (const m of room.members.values()) {
+      this.#members.delete(m.g);
+      this.#forgetRemote(m);
+    }
+    room.members.clear();
+    if (this.#rooms.get(room.name) === room) this.#rooms.delete(room.name);
+    this.#directory?.unwatch(room.name);
+  }
+
+  #forgetRemote(m: Member<H>): void {
+    const set = this.#remote.get(m.instance);
+    if (set === undefined) return;
+    set.delete(m.g);
+    if (set.size === 0) this.#remote.delete(m.instance);
   }
 
   #leave(conn: Connection<H>, g: string): void {
@@ -408,17 +606,23 @@ export class Broker<H> {
     this.#remove(m);
   }
 
-  /** Takes a member out of every index and says `bye` to the rest of its room. */
+  /**
+   * Takes a member out of every index and says `bye` to the rest of the room
+   * (the local rest: other instances tell their own members).
+   */
   #remove(m: Member<H>): void {
     const room = m.room;
     room.members.delete(m.g);
     this.#members.delete(m.g);
-    m.conn.idents.delete(m.g);
-    if (room.members.size === 0) {
-      this.#rooms.delete(room.name);
-      return;
+    if (m.conn !== null) {
+      m.conn.idents.delete(m.g);
+      room.local--;
+      this.#directory?.release(m.g, room.name);
+    } else this.#forgetRemote(m);
+    for (const t of room.members.values()) {
+      if (t.conn !== null) this.#send(t.conn, encodeBye(t.g, m.g), "bye");
     }
-    for (const t of room.members.values()) this.#send(t.conn, encodeBye(t.g, m.g), "bye");
+    this.#dropIfUnwatched(room);
   }
 
   #ident(conn: Connection<H>): void {
