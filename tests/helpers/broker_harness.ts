@@ -1,0 +1,127 @@
+/**
+ * A broker wired to a recording outbox, a clock the test advances by hand and
+ * a deterministic source of "random" bytes, so every effect can be asserted
+ * exactly and in order.
+ *
+ * @module
+ */
+
+import { Broker, type Connection, type Limits } from "../../lib/broker.ts";
+
+/** One effect the broker asked for, in the order it asked. */
+export type Effect =
+  | { kind: "send"; to: string; frame: string }
+  | { kind: "close"; to: string; code: number; reason: string }
+  | { kind: "ice"; to: string; ident: string };
+
+/** Options for {@link harness}. */
+export interface HarnessOptions {
+  /** Broker limits (the rest take the defaults). */
+  limits?: Partial<Limits>;
+  /** Starting time in ms. */
+  start?: number;
+  /** Seed of the deterministic byte stream. */
+  seed?: number;
+}
+
+/** A broker under test with everything it did recorded. */
+export interface Harness {
+  /** The broker; connection handles are names such as "A". */
+  readonly broker: Broker<string>;
+  /** Every effect so far. */
+  readonly effects: Effect[];
+  /** Current clock value in ms. */
+  now: number;
+  /** Opens a connection named `name`. */
+  open(name: string): Connection<string>;
+  /** Looks up an open (or closed) connection by name. */
+  conn(name: string): Connection<string>;
+  /** Sends a raw frame from `name`. */
+  raw(name: string, data: string | Uint8Array): void;
+  /** Sends `JSON.stringify(call)` from `name`. */
+  call(name: string, ...call: unknown[]): void;
+  /** Closes connection `name` (the client went away). */
+  close(name: string): void;
+  /** Takes and returns the effects recorded since the last take. */
+  take(): Effect[];
+  /** Takes the effects and returns them as `[to, parsedFrame]` pairs (sends only). */
+  sent(): [string, unknown][];
+  /** Moves the clock forward by `ms`. */
+  advance(ms: number): void;
+}
+
+/** A deterministic byte source (xorshift32) standing in for crypto randomness. */
+export function seededBytes(seed = 0x9e3779b9): (buf: Uint8Array) => void {
+  let x = seed >>> 0 || 1;
+  return (buf) => {
+    for (let i = 0; i < buf.length; i++) {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      buf[i] = x & 0xff;
+    }
+  };
+}
+
+/** A fresh broker with a recording outbox, a manual clock and seeded randomness. */
+export function harness(options: HarnessOptions = {}): Harness {
+  const effects: Effect[] = [];
+  const conns = new Map<string, Connection<string>>();
+  const clock = { now: options.start ?? 1_000_000 };
+  let taken = 0;
+  const broker = new Broker<string>({
+    outbox: {
+      send: (to, frame) => effects.push({ kind: "send", to, frame }),
+      close: (to, code, reason) => effects.push({ kind: "close", to, code, reason }),
+      ice: (to, _conn, ident) => effects.push({ kind: "ice", to, ident }),
+    },
+    now: () => clock.now,
+    randomBytes: seededBytes(options.seed),
+    limits: options.limits,
+  });
+  const h: Harness = {
+    broker,
+    effects,
+    get now() {
+      return clock.now;
+    },
+    set now(ms: number) {
+      clock.now = ms;
+    },
+    open(name) {
+      const c = h.broker.open(name);
+      conns.set(name, c);
+      return c;
+    },
+    conn(name) {
+      const c = conns.get(name);
+      if (c === undefined) throw new Error(`no connection ${name}`);
+      return c;
+    },
+    raw(name, data) {
+      h.broker.frame(h.conn(name), data);
+    },
+    call(name, ...call) {
+      h.broker.frame(h.conn(name), JSON.stringify(call));
+    },
+    close(name) {
+      h.broker.close(h.conn(name));
+    },
+    take() {
+      const out = effects.slice(taken);
+      taken = effects.length;
+      return out;
+    },
+    sent() {
+      return h.take().flatMap((e) =>
+        e.kind === "send" ? [[e.to, JSON.parse(e.frame)] as [string, unknown]] : []
+      );
+    },
+    advance(ms) {
+      clock.now += ms;
+    },
+  };
+  return h;
+}
