@@ -60,7 +60,9 @@ function base64(bytes: Uint8Array): string {
 }
 
 /**
- * Mints a TURN credential valid until `nowSeconds + ttl`.
+ * Mints a TURN credential valid until `floor(nowSeconds) + ttl` (unix
+ * seconds). Throws a `RangeError` for an empty secret or a ttl that is not a
+ * positive whole number.
  *
  * @example
  * ```ts
@@ -74,6 +76,11 @@ export async function turnCredential(
   nowSeconds: number,
   ttl: number,
 ): Promise<TurnCredential> {
+  // An empty key makes WebCrypto throw a DataError; a fractional or negative
+  // lifetime would mint a username coturn cannot parse or has already expired.
+  if (secret === "") throw new RangeError("the TURN secret is empty");
+  if (!Number.isFinite(nowSeconds)) throw new RangeError(`bad time ${nowSeconds}`);
+  if (!Number.isSafeInteger(ttl) || ttl <= 0) throw new RangeError(`bad TURN ttl ${ttl}`);
   const username = `${Math.floor(nowSeconds) + ttl}:${ident}`;
   const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret), encoder.encode(username));
   return { username, credential: base64(new Uint8Array(mac)) };
