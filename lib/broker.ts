@@ -513,6 +513,12 @@ export class Broker<H> {
     this.#remove(m);
   }
 
+  /** Cluster: a frame relayed from another instance for local member `g`. */
+  deliver(g: string, frame: string): void {
+    const m = this.#members.get(g);
+    if (m !== undefined && m.conn !== null) this.#send(m.conn, frame, "signal");
+  }
+
   /** Cluster: every member held by `instance` left (the instance died). */
   instanceGone(instance: string): void {
     const set = this.#remote.get(instance);

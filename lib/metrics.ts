@@ -18,6 +18,8 @@ export interface MetricsSnapshot {
   idents: number;
   /** Server-level counters (origin refusals, slow readers, …), by name. */
   server: Record<string, number>;
+  /** Further gauges (cluster readiness), by name. */
+  gauges?: Record<string, number>;
   /** Seconds since start. */
   uptimeSeconds: number;
   /** Process memory, from `Deno.memoryUsage()`. */

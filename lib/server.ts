@@ -6,7 +6,9 @@
  * @module
  */
 
+import { assetResponse } from "./assets.ts";
 import { Broker, CloseCode, type Connection, type Outbox } from "./broker.ts";
+import { Cluster } from "./cluster.ts";
 import type { Config } from "./config.ts";
 import { logger } from "./log.ts";
 import { renderMetrics } from "./metrics.ts";
@@ -64,6 +66,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   const counters: ServerCounters = { origin_refused: 0, slow_reader_closed: 0, upgrade_refused: 0 };
   const allowed = new Set(config.allowedOrigins);
   let stopping = false;
+  /** Called when the last socket has closed during a shutdown. */
+  let onDrained: (() => void) | undefined;
 
   const outbox: Outbox<WebSocket> = {
     send(ws, frame) {
@@ -92,12 +96,18 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     },
   };
 
+  const cluster = config.redisUrl === "" ? undefined : new Cluster<WebSocket>({
+    url: config.redisUrl,
+    maxPeersPerRoom: config.limits.maxPeersPerRoom,
+  });
   const broker = new Broker<WebSocket>({
+    directory: cluster,
     outbox,
     now: () => performance.now(),
     randomBytes: (b) => crypto.getRandomValues(b),
     limits: config.limits,
   });
+  cluster?.start(broker);
 
   function upgrade(req: Request): Response {
     const origin = req.headers.get("origin");
@@ -116,6 +126,10 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     socket.binaryType = "arraybuffer";
     let conn: Connection<WebSocket> | undefined;
     socket.onopen = () => {
+      if (stopping) {
+        socket.close(CloseCode.goingAway, "server shutting down");
+        return;
+      }
       conn = broker.open(socket);
       sockets.set(socket, conn);
     };
@@ -127,6 +141,7 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     socket.onclose = () => {
       sockets.delete(socket);
       if (conn !== undefined) broker.close(conn);
+      if (stopping && sockets.size === 0) onDrained?.();
     };
     socket.onerror = () => {/* a close event follows */};
     return response;
@@ -153,9 +168,11 @@ export function startServer(config: Config, options: StartOptions): SignalServer
       case "/healthz":
         return new Response("ok\n", { headers: TEXT });
       case "/readyz":
-        return stopping
-          ? new Response("shutting down\n", { status: 503, headers: TEXT })
-          : new Response("ready\n", { headers: TEXT });
+        if (stopping) return new Response("shutting down\n", { status: 503, headers: TEXT });
+        if (cluster !== undefined && !cluster.ready) {
+          return new Response("cluster unavailable\n", { status: 503, headers: TEXT });
+        }
+        return new Response("ready\n", { headers: TEXT });
       case "/metrics":
         return new Response(
           renderMetrics({
@@ -164,6 +181,7 @@ export function startServer(config: Config, options: StartOptions): SignalServer
             rooms: broker.rooms,
             idents: broker.idents,
             server: { ...counters },
+            gauges: cluster === undefined ? {} : { cluster_ready: cluster.ready ? 1 : 0 },
             uptimeSeconds: (performance.now() - started) / 1000,
             memory: Deno.memoryUsage(),
           }),
@@ -171,6 +189,10 @@ export function startServer(config: Config, options: StartOptions): SignalServer
         );
       case "/robots.txt":
         return new Response("User-agent: *\nDisallow: /\n", { headers: TEXT });
+      case "/client.js":
+      case "/client.d.ts":
+      case "/demo":
+        return assetResponse(req, path)!;
       default:
         void req;
         return new Response(notFoundPage(path), { status: 404, headers: HTML });
@@ -227,14 +249,24 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   async function shutdown(): Promise<void> {
     stopping = true;
     log.info("shutting down: closing {n} connections", { n: sockets.size });
+    // Members leave first, so peers everywhere get their bye before we go.
     for (const [ws, conn] of sockets) {
       broker.close(conn);
       outbox.close(ws, CloseCode.goingAway, "server shutting down");
     }
+    await cluster?.stop();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, config.shutdownTimeout * 1000);
     });
+    // The listener stays up until every client has answered the close
+    // handshake (or the deadline passes): meanwhile /readyz says 503 and
+    // upgrades are refused, so a load balancer can move traffic elsewhere.
+    const drained = new Promise<void>((resolve) => {
+      onDrained = resolve;
+      if (sockets.size === 0) resolve();
+    });
+    await Promise.race([drained, deadline]);
     await Promise.race([http.shutdown(), deadline]);
     clearTimeout(timer);
     log.info("stopped");
