@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Broker, type Connection, type Limits } from "../../lib/broker.ts";
+import { Broker, type Connection, type Directory, type Limits } from "../../lib/broker.ts";
 
 /** One effect the broker asked for, in the order it asked. */
 export type Effect =
@@ -22,6 +22,8 @@ export interface HarnessOptions {
   start?: number;
   /** Seed of the deterministic byte stream. */
   seed?: number;
+  /** A cluster directory (cluster mode). */
+  directory?: Directory<string>;
 }
 
 /** A broker under test with everything it did recorded. */
@@ -80,6 +82,7 @@ export function harness(options: HarnessOptions = {}): Harness {
     now: () => clock.now,
     randomBytes: seededBytes(options.seed),
     limits: options.limits,
+    directory: options.directory,
   });
   const h: Harness = {
     broker,
