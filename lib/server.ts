@@ -45,6 +45,14 @@ interface ServerCounters {
   upgrade_refused: number;
 }
 
+/**
+ * How long a socket's unsent queue may stay over `maxBufferedBytes` before
+ * its reader counts as slow. Deno counts a frame as buffered until its write
+ * completes on a later turn of the event loop, so a burst sent in one turn
+ * overshoots the limit even for a reader that keeps up.
+ */
+const SLOW_READER_GRACE_MS = 1000;
+
 const TEXT = { "content-type": "text/plain; charset=utf-8" };
 const HTML = { "content-type": "text/html; charset=utf-8" };
 
@@ -68,18 +76,26 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   let stopping = false;
   /** Called when the last socket has closed during a shutdown. */
   let onDrained: (() => void) | undefined;
+  /** Sockets over the buffer limit, with the timer that looks at them again. */
+  const overLimit = new Map<WebSocket, ReturnType<typeof setTimeout>>();
+
+  function checkSlowReader(ws: WebSocket): void {
+    overLimit.delete(ws);
+    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount <= config.maxBufferedBytes) return;
+    counters.slow_reader_closed++;
+    log.info("closing slow reader with {bytes} bytes unsent", { bytes: ws.bufferedAmount });
+    ws.close(CloseCode.policy, "slow reader");
+    const conn = sockets.get(ws);
+    if (conn !== undefined) broker.close(conn);
+  }
 
   const outbox: Outbox<WebSocket> = {
     send(ws, frame) {
       if (ws.readyState !== WebSocket.OPEN) return;
       ws.send(frame);
       // A reader that does not keep up would make us buffer without end.
-      if (ws.bufferedAmount > config.maxBufferedBytes) {
-        counters.slow_reader_closed++;
-        log.info("closing slow reader with {bytes} bytes unsent", { bytes: ws.bufferedAmount });
-        ws.close(CloseCode.policy, "slow reader");
-        const conn = sockets.get(ws);
-        if (conn !== undefined) broker.close(conn);
+      if (ws.bufferedAmount > config.maxBufferedBytes && !overLimit.has(ws)) {
+        overLimit.set(ws, setTimeout(() => checkSlowReader(ws), SLOW_READER_GRACE_MS));
       }
     },
     close(ws, code, reason) {
@@ -139,6 +155,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
       broker.frame(conn, typeof d === "string" ? d : new Uint8Array(d));
     };
     socket.onclose = () => {
+      clearTimeout(overLimit.get(socket));
+      overLimit.delete(socket);
       sockets.delete(socket);
       if (conn !== undefined) broker.close(conn);
       if (stopping && sockets.size === 0) onDrained?.();
@@ -269,6 +287,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     await Promise.race([drained, deadline]);
     await Promise.race([http.shutdown(), deadline]);
     clearTimeout(timer);
+    for (const t of overLimit.values()) clearTimeout(t);
+    overLimit.clear();
     log.info("stopped");
   }
 
