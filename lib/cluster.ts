@@ -164,6 +164,7 @@ interface Watch<H> {
 /** Liveness timing. */
 const HEARTBEAT_MS = 1000;
 const ALIVE_TTL_MS = 5000;
+const PRUNE_AFTER_MS = 3000;
 
 /** Settings of a cluster member. */
 export interface ClusterOptions {
@@ -224,6 +225,7 @@ export class Cluster<H> implements Directory<H> {
   #recovering = false;
   #stopped = false;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #pruneTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** A cluster link; nothing connects until {@link start}. */
   constructor(options: ClusterOptions) {
@@ -277,6 +279,7 @@ export class Cluster<H> implements Directory<H> {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#pruneTimer);
     await Promise.allSettled([...this.#inFlight]);
     if (this.#cmd.status === "ready") {
       await Promise.allSettled([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
@@ -481,25 +484,51 @@ export class Cluster<H> implements Directory<H> {
       }
       for (const [room, w] of this.#watches) {
         if (!w.initialized) continue;
-        await this.#resync(room, w);
+        await this.#resync(room, w, false);
       }
       this.#setReady(true);
+      // Leaves other instances made while Redis was away reach us only if we
+      // were subscribed again when they flushed them; a second look, once
+      // every live instance has had time to re-register, drops the rest.
+      clearTimeout(this.#pruneTimer);
+      this.#pruneTimer = setTimeout(() => this.#track(this.#prune()), PRUNE_AFTER_MS);
     } catch (e) {
       this.#log.warn("recovery failed, will retry: {error}", { error: (e as Error).message });
     }
   }
 
-  /** Re-reads a room: members Redis has and this view lacks are announced as joins. */
-  async #resync(room: string, w: Watch<H>): Promise<void> {
+  /**
+   * Re-reads a room: members Redis has and this view lacks are announced as
+   * joins; with `prune`, remote members Redis no longer has are dropped.
+   */
+  async #resync(room: string, w: Watch<H>, prune: boolean): Promise<void> {
     const broker = this.#broker!;
     const reply = await this.#cmd.sigSnapshot(room);
-    const known = new Set(broker.roomMembers(room).map((m) => m.g));
+    const inRedis = new Set<string>();
+    for (let i = 1; i + 1 < reply.length; i += 2) inRedis.add(String(reply[i]));
     const fresh: Reply = [reply[0]];
+    const known = new Set<string>();
+    for (const m of broker.roomMembers(room)) {
+      known.add(m.g);
+      if (prune && !m.local && !inRedis.has(m.g)) broker.memberLeft(m.g);
+    }
     for (let i = 1; i + 1 < reply.length; i += 2) {
       if (!known.has(String(reply[i]))) fresh.push(reply[i], reply[i + 1]);
     }
+    if (!this.#watches.has(room)) return;
     this.#initialize(room, w, Number(reply[0]), fresh, 1);
     this.#pump(room, w);
+  }
+
+  async #prune(): Promise<void> {
+    if (!this.#ready) return;
+    try {
+      for (const [room, w] of [...this.#watches]) {
+        if (w.initialized) await this.#resync(room, w, true);
+      }
+    } catch (e) {
+      this.#log.debug("prune failed: {error}", { error: (e as Error).message });
+    }
   }
 
   /** Every second: liveness, reaping dead instances, and noticing vanished ones. */

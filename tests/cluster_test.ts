@@ -326,3 +326,36 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "cluster: a leave made while Redis was away reaches the other instances",
+  opts,
+  async () => {
+    await withCluster(2, async ([s1, s2], redis) => {
+      try {
+        const a = await connect(s1);
+        const b = await connect(s2);
+        const c = await connect(s2);
+        await joinAs(a, "a", "y");
+        await joinAs(b, "b", "y");
+        await joinAs(c, "c", "y");
+        await take(a, 2);
+        await take(b, 2);
+        await take(c, 2);
+        await redis.down();
+        await waitForStatus(s2.port, "/readyz", 503);
+        await c.close();
+        // Same instance: told at once.
+        assert.deepEqual(await b.next(), ["bye", "y:b", "y:c"]);
+        await redis.up();
+        // Other instance: told once Redis is back.
+        assert.deepEqual(await a.next(8000), ["bye", "y:a", "y:c"]);
+        const d = await connect(s1);
+        await joinAs(d, "c", "y");
+        assert.equal((await take(d, 2)).length, 2);
+      } finally {
+        await closeAll();
+      }
+    });
+  },
+);
