@@ -1,0 +1,240 @@
+/**
+ * Types of the client library `client.js` (served at `/client.js`).
+ *
+ * The WebRTC types here are the structural subset the library uses, so the
+ * file type-checks without the DOM library (under Deno) and a browser's
+ * `RTCPeerConnection`, or `@roamhq/wrtc`'s, fits them.
+ *
+ * @module
+ */
+
+/** An ICE server entry, as `["ice"]` returns it and `RTCPeerConnection` takes it. */
+export interface IceServer {
+  /** One URL or several (`stun:`, `turn:`, `turns:`). */
+  urls: string | string[];
+  /** TURN user name. */
+  username?: string;
+  /** TURN password. */
+  credential?: string;
+}
+
+/** The part of `RTCConfiguration` the mesh passes through. */
+export interface RtcConfiguration {
+  /** ICE servers; when absent the mesh asks the signal server (`["ice"]`). */
+  iceServers?: IceServer[];
+  /** `"relay"` forces traffic through TURN. */
+  iceTransportPolicy?: "all" | "relay";
+  /** How media is bundled. */
+  bundlePolicy?: "balanced" | "max-bundle" | "max-compat";
+  /** Candidates gathered before they are needed. */
+  iceCandidatePoolSize?: number;
+}
+
+/** A session description as signalled. */
+export interface SessionDescription {
+  /** `"offer"` or `"answer"` (also `"rollback"` locally). */
+  type: "offer" | "answer" | "pranswer" | "rollback";
+  /** The SDP text. */
+  sdp?: string;
+}
+
+/** An ICE candidate as signalled. */
+export interface IceCandidateInit {
+  /** The `candidate:` line. */
+  candidate?: string;
+  /** Media line index. */
+  sdpMLineIndex?: number | null;
+  /** Media id. */
+  sdpMid?: string | null;
+}
+
+/** What the mesh uses of `RTCDataChannel`. */
+export interface DataChannelLike {
+  /** The channel's label. */
+  readonly label: string;
+  /** `"connecting" | "open" | "closing" | "closed"`. */
+  readonly readyState: string;
+  /** Sends a message. */
+  send(data: string | ArrayBuffer | ArrayBufferView): void;
+  /** Closes the channel. */
+  close(): void;
+}
+
+/** What the mesh uses of `RTCPeerConnection`. */
+export interface PeerConnectionLike {
+  /** `"new" | "connecting" | "connected" | "disconnected" | "failed" | "closed"`. */
+  readonly connectionState: string;
+  /** `"stable" | "have-local-offer" | … | "closed"`. */
+  readonly signalingState: string;
+  /** `"new" | "checking" | "connected" | … | "closed"`. */
+  readonly iceConnectionState: string;
+  /** Closes the connection. */
+  close(): void;
+}
+
+/** A constructor of peer connections (the browser's, or `@roamhq/wrtc`'s). */
+export type PeerConnectionConstructor = new (config?: RtcConfiguration) => PeerConnectionLike;
+
+/** A minimal typed event emitter; `M` maps event names to payloads. */
+export declare class Emitter<M> {
+  /** Calls `listener` for every event of `type`; returns a function that removes it. */
+  on<K extends keyof M & string>(type: K, listener: (event: M[K]) => void): () => void;
+  /** Removes a listener added with {@link Emitter.on}. */
+  off<K extends keyof M & string>(type: K, listener: (event: M[K]) => void): void;
+  /** The next event of `type` that passes `filter`; rejects after `timeout` ms when given. */
+  once<K extends keyof M & string>(
+    type: K,
+    filter?: (event: M[K]) => boolean,
+    timeout?: number,
+  ): Promise<M[K]>;
+  /** Calls every listener of `type` with `event`. */
+  emit<K extends keyof M & string>(type: K, event: M[K]): void;
+}
+
+/** A request the server refused with `["error", call, code, detail]`. */
+export declare class SignalError extends Error {
+  /** Builds the error from the server's reply. */
+  constructor(call: string, code: string, detail: string);
+  /** The call that failed (or `"frame"`). */
+  readonly call: string;
+  /** The protocol error code, e.g. `"ident-taken"`. */
+  readonly code: string;
+  /** The server's explanation. */
+  readonly detail: string;
+}
+
+/** Events of a {@link SignalClient}. */
+export interface SignalEvents {
+  /** The socket opened; `reconnected` after a drop. */
+  open: { reconnected: boolean };
+  /** The socket closed; `reconnecting` tells whether a new attempt follows after `delay` ms. */
+  close: { code: number; reason: string; reconnecting: boolean; delay: number };
+  /** A global ident was claimed (also after a reconnect's re-join). */
+  join: { global: string; room: string; ident: string };
+  /** A global ident was given up (by `leave`, or a re-join that failed for good). */
+  leave: { global: string };
+  /** A new pair: `local` (ours) should connect to `remote`; `initiator` makes the offer. */
+  stun: { local: string; remote: string; initiator: boolean };
+  /** `remote` sent `data` to our `local`. */
+  signal: { local: string; remote: string; data: unknown };
+  /** `remote` left the room of our `local`. */
+  bye: { local: string; remote: string };
+  /** The server refused a call. */
+  error: { call: string; code: string; detail: string };
+}
+
+/** Backoff of reconnect attempts: `min(maxDelay, initialDelay·factorⁿ)`, less up to `jitter` of it. */
+export interface ReconnectOptions {
+  /** First delay in ms (default 250). */
+  initialDelay?: number;
+  /** Largest delay in ms (default 15000). */
+  maxDelay?: number;
+  /** Growth per attempt (default 2). */
+  factor?: number;
+  /** Fraction of the delay taken off at random, 0–1 (default 0.5). */
+  jitter?: number;
+}
+
+/** Options of a {@link SignalClient}. */
+export interface SignalClientOptions {
+  /** `false` to never reconnect; else the backoff. */
+  reconnect?: ReconnectOptions | false;
+  /** Milliseconds a request waits for its reply (default 10000). */
+  requestTimeout?: number;
+  /** Milliseconds between liveness pings, 0 for none (default 30000). */
+  heartbeat?: number;
+  /** The WebSocket constructor (default: the global one). */
+  WebSocket?: typeof WebSocket;
+}
+
+/** One connection to a signal server. Starts connecting at once. */
+export declare class SignalClient extends Emitter<SignalEvents> {
+  /**
+   * Connects to `url` (`ws:`/`wss:`, or `http:`/`https:` mapped to them);
+   * without one, to the server that served `client.js`.
+   */
+  constructor(url?: string | URL, options?: SignalClientOptions);
+  /** The server's WebSocket URL. */
+  readonly url: string;
+  /** Where the connection stands. */
+  readonly state: "connecting" | "open" | "reconnecting" | "closed";
+  /** The global idents held, in join order. */
+  readonly joined: string[];
+  /** Resolves once the socket is open. */
+  opened(): Promise<void>;
+  /** Asks the server for a fresh ident. */
+  ident(): Promise<string>;
+  /** Joins `room` as `ident` (a fresh one if omitted); resolves with `room:ident`. */
+  join(room: string, ident?: string): Promise<string>;
+  /** Leaves the room of the global ident `global`. */
+  leave(global: string): Promise<void>;
+  /** Relays `data` from our `from` to the peer `to`; false when not connected. */
+  signal(from: string, to: string, data: unknown): boolean;
+  /** Asks for ICE servers (STUN, and TURN with fresh credentials). */
+  ice(): Promise<IceServer[]>;
+  /** One round trip to the server. */
+  ping(): Promise<void>;
+  /** Closes for good (no reconnect); resolves once the socket has closed. */
+  close(): Promise<void>;
+}
+
+/** Why a peer went away. */
+export type PeerCloseReason =
+  | "bye"
+  | "replaced"
+  | "left"
+  | "closed"
+  | "failed"
+  | "channel-closed";
+
+/** Events of a {@link Mesh}. */
+export interface MeshEvents {
+  /** A peer connection was made for `peer`. */
+  peer: { peer: string; initiator: boolean; connection: PeerConnectionLike };
+  /** The connection state of `peer` changed. */
+  state: { peer: string; state: string };
+  /** The data channel to `peer` opened. */
+  open: { peer: string };
+  /** A message from `peer` (a string, or an ArrayBuffer for binary). */
+  message: { peer: string; data: string | ArrayBuffer };
+  /** The connection to `peer` was closed and forgotten. */
+  close: { peer: string; reason: PeerCloseReason };
+  /** Negotiation with `peer` failed. */
+  error: { peer: string; error: unknown };
+}
+
+/** Options of a {@link Mesh}. */
+export interface MeshOptions {
+  /** Passed to every `RTCPeerConnection`; without `iceServers` the signal server's are used. */
+  rtcConfig?: RtcConfiguration;
+  /** The `RTCPeerConnection` constructor (default: the global one). */
+  RTCPeerConnection?: PeerConnectionConstructor;
+  /** Label of the data channel the initiator opens (default `"diva"`). */
+  channelLabel?: string;
+}
+
+/** A full mesh of WebRTC data channels among the members of one room. */
+export declare class Mesh extends Emitter<MeshEvents> {
+  /** A mesh that negotiates through `client`. */
+  constructor(client: SignalClient, options?: MeshOptions);
+  /** Our global ident in the room, once joined. */
+  readonly self: string | undefined;
+  /** How many peer connections exist (connecting or open). */
+  readonly peers: number;
+  /** The global idents of the peers. */
+  peerIds(): string[];
+  /** The peer connection to `peer`, if any. */
+  connection(peer: string): PeerConnectionLike | undefined;
+  /** Whether the data channel to `peer` is open. */
+  isOpen(peer: string): boolean;
+  /** Joins `room` as `ident` (or a fresh ident) and connects to every member. */
+  join(room: string, ident?: string): Promise<string>;
+  /** Leaves the room and closes every peer connection. */
+  leave(): Promise<void>;
+  /** Sends to `peer`; false if its channel is not open. */
+  send(peer: string, data: string | ArrayBuffer | ArrayBufferView): boolean;
+  /** Sends to every open peer; returns how many. */
+  broadcast(data: string | ArrayBuffer | ArrayBufferView): number;
+  /** Closes every peer connection and detaches from the client. */
+  close(): void;
+}
