@@ -166,41 +166,51 @@ export function decode(frame: string | Uint8Array): Call | Fault {
 }
 
 /**
- * The relayed frame `["signal", to, from, data]`. When the sender's frame is
- * in the compact form every client library sends, `data` is copied as the
- * original JSON text instead of being serialised again.
+ * The relayed frame `["signal", to, from, data]`. `data` is copied as the
+ * sender's own JSON text instead of being serialised again, so it reaches the
+ * receiver exactly as sent (re-encoding would turn `1e400` into `null` and
+ * `-0` into `0`) and costs no stringify.
  */
 export function encodeSignal(raw: string | Uint8Array, call: Call & { 0: "signal" }): string {
   const from = call[1];
   const to = call[2];
-  if (typeof raw === "string" && isJsonPlain(from) && isJsonPlain(to)) {
-    const data = rawSignalData(raw, from, to);
-    if (data !== "") return '["signal","' + to + '","' + from + '",' + data + "]";
+  // A binary frame only gets here after it decoded, so this cannot throw.
+  const data = rawSignalData(typeof raw === "string" ? raw : utf8.decode(raw));
+  if (isJsonPlain(from) && isJsonPlain(to)) {
+    return '["signal","' + to + '","' + from + '",' + data + "]";
   }
-  return JSON.stringify(["signal", to, from, call[3]]);
+  return '["signal",' + JSON.stringify(to) + "," + JSON.stringify(from) + "," + data + "]";
+}
+
+/** True for the four whitespace characters JSON allows between tokens. */
+function isJsonSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }
 
 /**
- * The JSON text of `data` in a compact `["signal","from","to",data]` frame,
- * or "" when the frame is in any other layout. Only called after the frame
- * parsed as exactly that call, with names free of `"` and `\`, so the text
- * between the prefix and the closing bracket is the fourth element.
+ * The JSON text of the fourth element of `raw`. Only called after `raw`
+ * parsed as `["signal", from, to, data]`, so it is enough to step over the
+ * opening bracket and three strings with their commas; what is left before
+ * the closing bracket is `data`.
  */
-function rawSignalData(raw: string, from: string, to: string): string {
-  const PREFIX = '["signal","';
-  if (!raw.startsWith(PREFIX)) return "";
-  let i = PREFIX.length;
-  if (!raw.startsWith(from, i)) return "";
-  i += from.length;
-  if (!raw.startsWith('","', i)) return "";
-  i += 3;
-  if (!raw.startsWith(to, i)) return "";
-  i += to.length;
-  if (!raw.startsWith('",', i)) return "";
-  i += 2;
-  const end = raw.length - 1;
-  if (end <= i || raw.charCodeAt(end) !== 0x5d /* ] */) return "";
-  return raw.slice(i, end);
+function rawSignalData(raw: string): string {
+  let i = 0;
+  while (isJsonSpace(raw.charCodeAt(i))) i++;
+  i++; // [
+  for (let k = 0; k < 3; k++) {
+    while (isJsonSpace(raw.charCodeAt(i))) i++;
+    i++; // opening quote
+    for (let c = raw.charCodeAt(i); c !== 0x22; c = raw.charCodeAt(i)) i += c === 0x5c ? 2 : 1;
+    i++; // closing quote
+    while (isJsonSpace(raw.charCodeAt(i))) i++;
+    i++; // ,
+  }
+  while (isJsonSpace(raw.charCodeAt(i))) i++;
+  let end = raw.length - 1;
+  while (isJsonSpace(raw.charCodeAt(end))) end--;
+  end--; // ]
+  while (isJsonSpace(raw.charCodeAt(end))) end--;
+  return raw.slice(i, end + 1);
 }
 
 /** `["ident", id]` for an issued ident (lowercase letters, never escaped). */
