@@ -89,26 +89,66 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     if (conn !== undefined) broker.close(conn);
   }
 
+  function deliver(ws: WebSocket, frame: string): void {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    ws.send(frame);
+    // A reader that does not keep up would make us buffer without end.
+    if (ws.bufferedAmount > config.maxBufferedBytes && !overLimit.has(ws)) {
+      overLimit.set(ws, setTimeout(() => checkSlowReader(ws), SLOW_READER_GRACE_MS));
+    }
+  }
+
+  function closeSocket(ws: WebSocket, code: number, reason: string): void {
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+      ws.close(code, reason);
+    }
+  }
+
+  /**
+   * The ["ice"] answer is computed asynchronously (WebCrypto); until it is
+   * sent, later effects for that socket wait behind it, so a client gets its
+   * answers in the order it asked (["ice"] then ["ping"] gives ice, then pong).
+   */
+  const behindIce = new Map<WebSocket, { tail: Promise<void>; size: number }>();
+  /** The socket whose ice answer is being sent right now, past its own queue. */
+  let answering: WebSocket | undefined;
+
+  function afterIce(ws: WebSocket, step: () => void | Promise<void>): void {
+    let q = behindIce.get(ws);
+    if (q === undefined) {
+      q = { tail: Promise.resolve(), size: 0 };
+      behindIce.set(ws, q);
+    }
+    const queue = q;
+    queue.size++;
+    queue.tail = queue.tail.then(step).catch((e) => {
+      log.error("ice lookup failed: {error}", { error: String(e) });
+    }).then(() => {
+      if (--queue.size === 0) behindIce.delete(ws);
+    });
+  }
+
   const outbox: Outbox<WebSocket> = {
     send(ws, frame) {
-      if (ws.readyState !== WebSocket.OPEN) return;
-      ws.send(frame);
-      // A reader that does not keep up would make us buffer without end.
-      if (ws.bufferedAmount > config.maxBufferedBytes && !overLimit.has(ws)) {
-        overLimit.set(ws, setTimeout(() => checkSlowReader(ws), SLOW_READER_GRACE_MS));
-      }
+      if (ws !== answering && behindIce.has(ws)) afterIce(ws, () => deliver(ws, frame));
+      else deliver(ws, frame);
     },
     close(ws, code, reason) {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
-        ws.close(code, reason);
-      }
+      if (behindIce.has(ws)) afterIce(ws, () => closeSocket(ws, code, reason));
+      else closeSocket(ws, code, reason);
     },
     ice(ws, conn, ident) {
-      iceServers(config, ident, Date.now() / 1000).then(
-        (servers) => broker.iceReply(conn, servers),
-        (e) => log.error("ice lookup failed: {error}", { error: String(e) }),
-      );
-      void ws;
+      const servers = iceServers(config, ident, Date.now() / 1000);
+      servers.catch(() => {/* reported by afterIce */});
+      afterIce(ws, async () => {
+        const list = await servers;
+        answering = ws;
+        try {
+          broker.iceReply(conn, list);
+        } finally {
+          answering = undefined;
+        }
+      });
     },
   };
 
