@@ -50,7 +50,12 @@ async function main(): Promise<number> {
   try {
     server = startServer(config, { version: VERSION });
   } catch (e) {
-    console.error(`signal-server: cannot start: ${(e as Error).message.split("\n")[0]}`);
+    // Name the address: "address in use" alone does not say which setting to change.
+    console.error(
+      `signal-server: cannot start on ${config.host}:${config.port}: ${
+        (e as Error).message.split("\n")[0]
+      }`,
+    );
     return 1;
   }
   const stop = () => {
