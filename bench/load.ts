@@ -1,0 +1,487 @@
+/**
+ * The load generator's shards: groups of client WebSockets that run one
+ * workload against a server. A shard runs in the benchmark's own thread or
+ * in a generator Worker (see `worker.ts`); the driver in `main.ts` merges the
+ * results of all shards.
+ *
+ * Every wait here is bounded by a deadline and every loop by a count.
+ *
+ * @module
+ */
+
+import { Histogram } from "./stats.ts";
+
+/**
+ * What the target speaks: `signal` is the DIVA protocol (ident, join with
+ * `stun` announcements, relayed signals with swapped idents); `bare` is the
+ * bare relay's minimal variant (join is acknowledged only, signals are
+ * forwarded unchanged).
+ */
+export type Kind = "signal" | "bare";
+
+/** Absolute milliseconds, comparable across Workers of one process. */
+export function clock(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** Rejects after `ms` with a message naming what took too long. */
+function deadline(ms: number, what: string): { promise: Promise<never>; cancel(): void } {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const promise = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not done after ${ms} ms`)), ms);
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+/** Waits for `p` at most `ms`. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  const d = deadline(ms, what);
+  try {
+    return await Promise.race([p, d.promise]);
+  } finally {
+    d.cancel();
+  }
+}
+
+/**
+ * Opens `n` WebSockets to `url` with at most `concurrency` handshakes in
+ * flight (a storm of unbounded SYNs would overflow the listen backlog and
+ * measure TCP retransmission timers instead of the server). `onOpen` runs
+ * as each one opens. Fails on the first socket that errors before opening.
+ */
+async function connectMany(
+  url: string,
+  n: number,
+  concurrency: number,
+  onOpen: (i: number, ws: WebSocket) => void,
+): Promise<WebSocket[]> {
+  const sockets: WebSocket[] = new Array(n);
+  let next = 0;
+  let opened = 0;
+  const { promise, resolve, reject } = Promise.withResolvers<WebSocket[]>();
+  const launch = () => {
+    if (next >= n) return;
+    const i = next++;
+    const ws = new WebSocket(url);
+    sockets[i] = ws;
+    let isOpen = false;
+    ws.onopen = () => {
+      isOpen = true;
+      onOpen(i, ws);
+      opened++;
+      if (opened === n) resolve(sockets);
+      else launch();
+    };
+    ws.onerror = (e) => {
+      if (!isOpen) reject(new Error(`connection ${i} failed: ${(e as ErrorEvent).message ?? e}`));
+    };
+  };
+  if (n === 0) return [];
+  for (let k = 0; k < Math.min(concurrency, n); k++) launch();
+  try {
+    return await promise;
+  } catch (e) {
+    closeAll(sockets.filter((s) => s !== undefined));
+    throw e;
+  }
+}
+
+/** Closes sockets and waits (at most `ms`) until each has closed. */
+async function closeAll(sockets: WebSocket[], ms = 20_000): Promise<void> {
+  const pending: Promise<void>[] = [];
+  for (const ws of sockets) {
+    if (ws.readyState === WebSocket.CLOSED) continue;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    ws.addEventListener("close", () => resolve());
+    pending.push(promise);
+    try {
+      ws.close(1000);
+    } catch {
+      resolve();
+    }
+  }
+  await within(Promise.all(pending), ms, "closing sockets").catch(() => {
+    // A socket that never reports its close must not hang the benchmark.
+  });
+}
+
+/** A unique-enough room prefix so runs against a shared server never collide. */
+export function nonce(): string {
+  return Math.random().toString(36).slice(2, 10);
+}
+
+// ---------------------------------------------------------------- relay
+
+/** Parameters of a relay shard. */
+export interface RelayParams {
+  /** WebSocket URL of the target. */
+  url: string;
+  /** What the target speaks. */
+  kind: Kind;
+  /** Room name prefix shared by the whole run. */
+  nonce: string;
+  /** Index of this shard's first pair (pairs are numbered across shards). */
+  firstPair: number;
+  /** Pairs in this shard. */
+  pairs: number;
+  /** Signals each peer keeps in flight. */
+  window: number;
+  /** Approximate JSON size of each signal's `data`. */
+  bytes: number;
+  /** Handshakes in flight at once while connecting. */
+  concurrency: number;
+  /** Bound on connecting and joining, ms. */
+  setupTimeoutMs: number;
+}
+
+/** What a relay shard measured in one window. */
+export interface RelayWindow {
+  /** Signals delivered to each peer during the window. */
+  delivered: number[];
+  /** Latency of those signals, µs. */
+  histogram: { counts: number[]; total: number; max: number };
+  /** Age of the oldest signal still undelivered at the window's end, ms. */
+  oldestInFlightMs: number;
+  /** Signals that arrived out of order (a relay must keep each pair's order). */
+  outOfOrder: number;
+  /** `error` frames received since setup. */
+  errors: number;
+}
+
+interface Peer {
+  ws: WebSocket;
+  own: string;
+  partner: Peer;
+  /** The frame text up to the sequence number. */
+  prefix: string;
+  /** Last sequence number sent to the partner. */
+  sent: number;
+  /** Last sequence number received from the partner. */
+  received: number;
+  /** Send times of the signals in flight to the partner, by sequence number. */
+  sentAt: Float64Array;
+  delivered: number;
+  /** Frames still expected before the peer is ready (join, and stun for `signal`). */
+  waiting: number;
+}
+
+/**
+ * An ICE-candidate-like object of about `bytes` bytes of JSON, without its
+ * closing brace: the sender appends its sequence number and send time.
+ */
+function candidateData(bytes: number): string {
+  const head = '{"type":"candidate","candidate":"candidate:842163049 1 udp 1677729535 ' +
+    "203.0.113.7 54400 typ srflx raddr 10.0.0.2 rport 54400 generation 0 ufrag Ab3d " +
+    "network-cost 999";
+  const tail = '","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"Ab3d"';
+  // ',"s":123456,"t":1732541234567.891}' takes about 36 bytes.
+  const pad = Math.max(0, bytes - head.length - tail.length - 36);
+  return head + " x".repeat(Math.floor(pad / 2)) + tail;
+}
+
+/**
+ * Pairs of peers in rooms of two; each peer keeps `window` signals in flight
+ * to its partner by answering every signal it receives with a new one
+ * (a closed loop: each pair holds 2 × window signals in flight for ever).
+ */
+export class RelayShard {
+  readonly #p: RelayParams;
+  readonly #peers: Peer[] = [];
+  readonly #hist = new Histogram();
+  readonly #ring: number;
+  #sending = false;
+  #measuring = false;
+  #closing = false;
+  #outOfOrder = 0;
+  #errors = 0;
+  #ready: PromiseWithResolvers<void> = Promise.withResolvers<void>();
+  #notReady = 0;
+
+  /** A shard; nothing is connected until {@link setup}. */
+  constructor(params: RelayParams) {
+    this.#p = params;
+    this.#ring = 2 * params.window + 1;
+  }
+
+  /** Connects every peer, joins the pairs and waits until each pair is announced. */
+  async setup(): Promise<void> {
+    const p = this.#p;
+    const data = candidateData(p.bytes);
+    const n = p.pairs * 2;
+    this.#notReady = n;
+    for (let k = 0; k < p.pairs; k++) {
+      const room = `bench-${p.nonce}-p${p.firstPair + k}`;
+      const a = this.#peer(`${room}:a`);
+      const b = this.#peer(`${room}:b`);
+      a.partner = b;
+      b.partner = a;
+      for (const x of [a, b]) {
+        x.prefix = `["signal","${x.own}","${x.partner.own}",${data},"s":`;
+        // The later joiner gets one stun, and so does the earlier one.
+        x.waiting = p.kind === "signal" ? 2 : 1;
+      }
+      this.#peers.push(a, b);
+    }
+    const work = connectMany(p.url, n, p.concurrency, (i, ws) => {
+      const peer = this.#peers[i];
+      peer.ws = ws;
+      ws.onmessage = (e) => this.#onMessage(peer, e.data as string);
+      const [room, ident] = peer.own.split(":");
+      ws.send(JSON.stringify(["join", ident, room]));
+    }).then(() => this.#ready.promise);
+    await within(work, p.setupTimeoutMs, `relay setup of ${n} peers`);
+  }
+
+  #peer(own: string): Peer {
+    return {
+      ws: undefined as unknown as WebSocket,
+      own,
+      partner: undefined as unknown as Peer,
+      prefix: "",
+      sent: 0,
+      received: 0,
+      sentAt: new Float64Array(this.#ring),
+      delivered: 0,
+      waiting: 0,
+    };
+  }
+
+  #send(peer: Peer): void {
+    const s = ++peer.sent;
+    const t = clock();
+    peer.sentAt[s % this.#ring] = t;
+    peer.ws.send(peer.prefix + s + ',"t":' + t + "}]");
+  }
+
+  #onMessage(peer: Peer, d: string): void {
+    // '["signal",' — the only frame type on the hot path.
+    if (d.charCodeAt(2) === 0x73 && d.startsWith('["signal",')) {
+      const i = d.lastIndexOf(',"s":');
+      const j = d.indexOf(',"t":', i);
+      const s = Number(d.slice(i + 5, j));
+      const t = Number(d.slice(j + 5, d.length - 2));
+      if (s !== peer.received + 1) this.#outOfOrder++;
+      peer.received = s;
+      if (this.#measuring) {
+        this.#hist.record((clock() - t) * 1000);
+        peer.delivered++;
+      }
+      if (this.#sending) this.#send(peer);
+      return;
+    }
+    if (d.startsWith('["error"')) {
+      // Signals still in flight when a partner leaves at teardown are not errors.
+      if (!this.#closing && this.#errors++ < 3) console.error(`relay peer ${peer.own} got ${d}`);
+      return;
+    }
+    if ((d.startsWith('["join"') || d.startsWith('["stun"')) && peer.waiting > 0) {
+      peer.waiting--;
+      if (peer.waiting === 0 && --this.#notReady === 0) this.#ready.resolve();
+    }
+  }
+
+  /** Starts the closed loop: every peer sends its window of signals. */
+  start(): void {
+    this.#sending = true;
+    for (const peer of this.#peers) {
+      for (let k = 0; k < this.#p.window; k++) this.#send(peer);
+    }
+  }
+
+  /** Forgets what was counted so far and starts counting. */
+  beginWindow(): void {
+    this.#hist.reset();
+    for (const peer of this.#peers) peer.delivered = 0;
+    this.#measuring = true;
+  }
+
+  /** Stops counting and returns the window's figures. */
+  endWindow(): RelayWindow {
+    this.#measuring = false;
+    const now = clock();
+    let oldest = 0;
+    for (const peer of this.#peers) {
+      // What `peer` still owes its partner is in order, so the oldest is the next one.
+      const next = peer.partner.received + 1;
+      if (next <= peer.sent) oldest = Math.max(oldest, now - peer.sentAt[next % this.#ring]);
+    }
+    return {
+      delivered: this.#peers.map((x) => x.delivered),
+      histogram: this.#hist.toJSON(),
+      oldestInFlightMs: oldest,
+      outOfOrder: this.#outOfOrder,
+      errors: this.#errors,
+    };
+  }
+
+  /** Stops sending and closes every peer. */
+  async teardown(): Promise<void> {
+    this.#sending = false;
+    this.#measuring = false;
+    this.#closing = true;
+    await closeAll(this.#peers.map((x) => x.ws).filter((ws) => ws !== undefined));
+  }
+}
+
+// ---------------------------------------------------------------- join
+
+/** Parameters of a join shard (used by the join storm and the idle footprint). */
+export interface JoinParams {
+  /** WebSocket URL of the target. */
+  url: string;
+  /** What the target speaks. */
+  kind: Kind;
+  /** Room name prefix shared by the whole run. */
+  nonce: string;
+  /** Workload name, part of the room names. */
+  tag: string;
+  /** Index of this shard's first client (clients are numbered across shards). */
+  firstClient: number;
+  /** Clients in this shard. */
+  clients: number;
+  /** Clients in the whole run (the last room may be smaller). */
+  totalClients: number;
+  /** Members per room. */
+  roomSize: number;
+  /** Take an ident with `["ident"]` before joining (`signal` targets only). */
+  useIdent: boolean;
+  /** Handshakes in flight at once. */
+  concurrency: number;
+  /** Bound on the whole run, ms. */
+  timeoutMs: number;
+}
+
+/** When a join shard's clients were all open, and all joined. */
+export interface JoinResult {
+  /** {@link clock} time the last client's socket opened. */
+  openedAt: number;
+  /** {@link clock} time the last expected `stun` (or join ack) arrived. */
+  readyAt: number;
+  /** `stun` frames received. */
+  stuns: number;
+  /** `error` frames received. */
+  errors: number;
+}
+
+/**
+ * Clients that connect, optionally take an ident, join rooms of `roomSize`
+ * and wait until every announcement expected has arrived; they then stay
+ * connected, idle, until {@link teardown}.
+ */
+export class JoinShard {
+  readonly #p: JoinParams;
+  #sockets: WebSocket[] = [];
+
+  /** A shard; nothing is connected until {@link run}. */
+  constructor(params: JoinParams) {
+    this.#p = params;
+  }
+
+  /** Connects and joins every client; settles once all are joined and announced. */
+  async run(): Promise<JoinResult> {
+    const p = this.#p;
+    let notReady = p.clients;
+    let stuns = 0;
+    let errors = 0;
+    let readyAt = 0;
+    const ready = Promise.withResolvers<void>();
+    if (notReady === 0) ready.resolve();
+    const work = connectMany(p.url, p.clients, p.concurrency, (local, ws) => {
+      const i = p.firstClient + local;
+      const r = Math.floor(i / p.roomSize);
+      const room = `bench-${p.nonce}-${p.tag}${r}`;
+      const members = Math.min(p.roomSize, p.totalClients - r * p.roomSize);
+      // Every pair in a room is announced to both sides once: members − 1 stuns each.
+      let waiting = 1 + (p.kind === "signal" ? members - 1 : 0);
+      const done = () => {
+        if (--waiting === 0 && --notReady === 0) {
+          readyAt = clock();
+          ready.resolve();
+        }
+      };
+      ws.onmessage = (e) => {
+        const d = e.data as string;
+        if (d.startsWith('["stun"')) {
+          stuns++;
+          done();
+        } else if (d.startsWith('["join"')) done();
+        else if (d.startsWith('["ident"')) {
+          ws.send(JSON.stringify(["join", JSON.parse(d)[1], room]));
+        } else if (d.startsWith('["error"')) {
+          errors++;
+          console.error(`client ${i} got ${d}`);
+        }
+      };
+      if (p.useIdent && p.kind === "signal") ws.send('["ident"]');
+      else ws.send(JSON.stringify(["join", `c${i}`, room]));
+    });
+    const all = within(
+      work.then((sockets) => {
+        this.#sockets = sockets;
+        return clock();
+      }),
+      p.timeoutMs,
+      `connecting ${p.clients} clients`,
+    );
+    const openedAt = await all;
+    await within(ready.promise, Math.max(1, p.timeoutMs), `joining ${p.clients} clients`);
+    return { openedAt, readyAt: readyAt || clock(), stuns, errors };
+  }
+
+  /** Closes every client. */
+  async teardown(): Promise<void> {
+    await closeAll(this.#sockets);
+  }
+}
+
+// ---------------------------------------------------------------- shards
+
+/** What a shard is made from. */
+export type ShardSpec =
+  | { type: "relay"; params: RelayParams }
+  | { type: "join"; params: JoinParams };
+
+/** The calls a driver makes on a shard, with their results. */
+export interface ShardCalls {
+  /** {@link RelayShard.setup}. */
+  setup: void;
+  /** {@link RelayShard.start}. */
+  start: void;
+  /** {@link RelayShard.beginWindow}. */
+  beginWindow: void;
+  /** {@link RelayShard.endWindow}. */
+  endWindow: RelayWindow;
+  /** {@link JoinShard.run}. */
+  run: JoinResult;
+  /** Either shard's teardown. */
+  teardown: void;
+}
+
+/** A shard of either type. */
+export type Shard = RelayShard | JoinShard;
+
+/** Builds the shard `spec` describes. */
+export function makeShard(spec: ShardSpec): Shard {
+  return spec.type === "relay" ? new RelayShard(spec.params) : new JoinShard(spec.params);
+}
+
+/** Carries out `method` on `shard`; a call the shard's type lacks is an error. */
+export async function dispatch<M extends keyof ShardCalls>(
+  shard: Shard,
+  method: M,
+): Promise<ShardCalls[M]> {
+  if (method === "teardown") return await shard.teardown() as ShardCalls[M];
+  if (shard instanceof RelayShard) {
+    switch (method) {
+      case "setup":
+        return await shard.setup() as ShardCalls[M];
+      case "start":
+        return shard.start() as ShardCalls[M];
+      case "beginWindow":
+        return shard.beginWindow() as ShardCalls[M];
+      case "endWindow":
+        return shard.endWindow() as ShardCalls[M];
+    }
+  } else if (method === "run") return await shard.run() as ShardCalls[M];
+  throw new Error(`a ${shard.constructor.name} has no ${method}`);
+}

@@ -1,0 +1,700 @@
+/**
+ * The load benchmark: drives the signal server (and, as the bound, a bare
+ * WebSocket relay) over real loopback WebSockets and prints one JSON line per
+ * workload and target on stdout, with a human summary on stderr.
+ *
+ * ```sh
+ * deno task bench                 # every workload, default sizes (a few minutes)
+ * deno task bench --quick         # tiny sizes, seconds
+ * deno task bench --only relay --pairs 50 --duration 20
+ * deno task bench --url ws://127.0.0.1:3903/ --server-pid 1234 --targets server
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  clock,
+  dispatch,
+  type JoinParams,
+  type JoinResult,
+  makeShard,
+  nonce,
+  type RelayParams,
+  type RelayWindow,
+  type Shard,
+  type ShardCalls,
+  type ShardSpec,
+} from "./load.ts";
+import { grouped, Histogram, jain, sig } from "./stats.ts";
+import {
+  cpuSeconds,
+  externalTarget,
+  hasTaskset,
+  killAll,
+  onlineCpus,
+  openFileLimit,
+  rssBytes,
+  SERVER_FLAGS,
+  startTarget,
+  type Target,
+  type TargetName,
+  wrapped,
+} from "./target.ts";
+import type { WorkerReply, WorkerRequest } from "./worker.ts";
+
+const USAGE = `deno task bench [flags]
+
+Workloads (--only, comma-separated; default all):
+  relay   pairs of peers in rooms of two, each keeping --window signals in flight
+  join    join storm: --clients clients take an ident and join rooms of --room-size
+  idle    --idle-clients clients joined in rooms of --idle-room-size, then idle: memory
+
+Targets (--targets, default bound,server): "server" is the project (started here, or
+--url), "bound" the bare relay in bench/bare_relay.ts; the server's figures are also
+given as ratios of the bound measured in the same run.
+
+  --pairs LIST          relay pair counts, one run each (default 50,500)
+  --window N            signals each peer keeps in flight (default 16)
+  --bytes N             approximate JSON size of each signal's data (default 300)
+  --warmup S            relay warm-up seconds (default 2)
+  --duration S          relay measuring seconds (default 10)
+  --clients N           join storm clients (default 2000)
+  --room-size K         join storm room size (default 10)
+  --idle-clients C      idle clients (default 10000)
+  --idle-room-size K    idle room size (default 10)
+  --settle S            seconds idle before memory is read (default 2)
+  --concurrency N       WebSocket handshakes in flight at once (default 256)
+  --gen-workers N       generator Worker threads (default 1; more only helps with spare cores)
+  --server-cpus LIST    taskset CPUs for the target (default 0 on a machine with 2+ CPUs)
+  --gen-cpus LIST       taskset CPUs for the generator (default 1, or 1-(n-1))
+  --pin auto|off        pin processes to CPUs when taskset works (default auto)
+  --url URL             measure a running server instead of starting one
+  --server-pid PID      its process id, for memory and CPU figures
+  --server-flags "…"    extra flags for the started server (e.g. "--idle-timeout 0")
+  --profile DIR         run the server with --cpu-prof into DIR (see bench/profile_summary.ts)
+  --quick               tiny sizes (pairs 2,4; window 2; 1 s; 20 clients)
+  --help                this text`;
+
+const OPTIONS = {
+  only: { type: "string", default: "relay,join,idle" },
+  targets: { type: "string", default: "bound,server" },
+  pairs: { type: "string" },
+  window: { type: "string" },
+  bytes: { type: "string" },
+  warmup: { type: "string" },
+  duration: { type: "string" },
+  clients: { type: "string" },
+  "room-size": { type: "string" },
+  "idle-clients": { type: "string" },
+  "idle-room-size": { type: "string" },
+  settle: { type: "string" },
+  concurrency: { type: "string" },
+  "gen-workers": { type: "string" },
+  "server-cpus": { type: "string" },
+  "gen-cpus": { type: "string" },
+  pin: { type: "string", default: "auto" },
+  url: { type: "string" },
+  "server-pid": { type: "string" },
+  profile: { type: "string" },
+  "server-flags": { type: "string", default: "" },
+  quick: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+} as const;
+
+/** Set in the re-executed (pinned) generator so it does not re-execute again. */
+const PINNED_ENV = "BENCH_GENERATOR_PINNED";
+
+/** The benchmark's settings after defaults. */
+interface Settings {
+  only: Set<string>;
+  targets: TargetName[];
+  pairs: number[];
+  window: number;
+  bytes: number;
+  warmup: number;
+  duration: number;
+  clients: number;
+  roomSize: number;
+  idleClients: number;
+  idleRoomSize: number;
+  settle: number;
+  concurrency: number;
+  genWorkers: number;
+  serverCpus: string;
+  genCpus: string;
+  url: string | undefined;
+  serverPid: number | undefined;
+  profile: string | undefined;
+  serverFlags: string[];
+  quick: boolean;
+}
+
+class UsageError extends Error {}
+
+function num(text: string | undefined, fallback: number, name: string, min = 0): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isFinite(n) || n < min) {
+    throw new UsageError(`--${name}: "${text}" is not a number ≥ ${min}`);
+  }
+  return n;
+}
+
+function int(text: string | undefined, fallback: number, name: string, min = 1): number {
+  const n = num(text, fallback, name, min);
+  if (!Number.isInteger(n)) throw new UsageError(`--${name}: "${text}" is not a whole number`);
+  return n;
+}
+
+async function settings(values: ReturnType<typeof parse>["values"]): Promise<Settings> {
+  const q = values.quick;
+  const only = new Set(values.only.split(",").map((s) => s.trim()).filter((s) => s !== ""));
+  for (const w of only) {
+    if (!["relay", "join", "idle"].includes(w)) {
+      throw new UsageError(`--only: unknown workload "${w}"`);
+    }
+  }
+  const targets = values.targets.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  for (const t of targets) {
+    if (t !== "server" && t !== "bound") throw new UsageError(`--targets: unknown target "${t}"`);
+  }
+  // The bound first, so the server's line can carry its ratios.
+  targets.sort((a, b) => (a === "bound" ? -1 : b === "bound" ? 1 : 0));
+  const pairs = (values.pairs ?? (q ? "2,4" : "50,500")).split(",").map((s) =>
+    int(s.trim(), 0, "pairs")
+  );
+  const cpus = onlineCpus();
+  const pin = values.pin === "auto" && cpus >= 2 && await hasTaskset();
+  if (values.pin !== "auto" && values.pin !== "off") throw new UsageError(`--pin: auto or off`);
+  return {
+    only,
+    targets: targets as TargetName[],
+    pairs,
+    window: int(values.window, q ? 2 : 16, "window"),
+    bytes: int(values.bytes, 300, "bytes", 0),
+    warmup: num(values.warmup, q ? 0.3 : 2, "warmup"),
+    duration: num(values.duration, q ? 1 : 10, "duration", 0.1),
+    clients: int(values.clients, q ? 20 : 2000, "clients"),
+    roomSize: int(values["room-size"], q ? 5 : 10, "room-size"),
+    idleClients: int(values["idle-clients"], q ? 20 : 10_000, "idle-clients"),
+    idleRoomSize: int(values["idle-room-size"], q ? 5 : 10, "idle-room-size"),
+    settle: num(values.settle, q ? 0.3 : 2, "settle"),
+    concurrency: int(values.concurrency, 256, "concurrency"),
+    genWorkers: int(values["gen-workers"], 1, "gen-workers"),
+    serverCpus: values["server-cpus"] ?? (pin ? "0" : ""),
+    genCpus: values["gen-cpus"] ?? (pin ? (cpus === 2 ? "1" : `1-${cpus - 1}`) : ""),
+    url: values.url,
+    serverPid: values["server-pid"] === undefined
+      ? undefined
+      : int(values["server-pid"], 0, "server-pid"),
+    profile: values.profile,
+    serverFlags: values["server-flags"].split(" ").filter((f) => f !== ""),
+    quick: q,
+  };
+}
+
+function parse(args: string[]) {
+  return parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false });
+}
+
+// ---------------------------------------------------------------- shards
+
+/** A shard in this thread or in a generator Worker, driven the same way. */
+interface ShardHandle {
+  call<M extends keyof ShardCalls>(method: M): Promise<ShardCalls[M]>;
+  close(): void;
+}
+
+function localShard(spec: ShardSpec): ShardHandle {
+  const shard: Shard = makeShard(spec);
+  return { call: (m) => dispatch(shard, m), close() {} };
+}
+
+async function workerShard(spec: ShardSpec): Promise<ShardHandle> {
+  const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+  let nextId = 1;
+  const waiting = new Map<number, PromiseWithResolvers<unknown>>();
+  worker.onmessage = (e: MessageEvent<WorkerReply>) => {
+    const r = e.data;
+    const w = waiting.get(r.id);
+    waiting.delete(r.id);
+    if (r.ok) w?.resolve(r.result);
+    else w?.reject(new Error(`generator worker: ${r.error}`));
+  };
+  worker.onerror = (e) => {
+    e.preventDefault();
+    for (const w of waiting.values()) w.reject(new Error(`generator worker died: ${e.message}`));
+    waiting.clear();
+  };
+  const send = (req: Omit<WorkerRequest, "id">) => {
+    const id = nextId++;
+    const p = Promise.withResolvers<unknown>();
+    waiting.set(id, p);
+    worker.postMessage({ ...req, id });
+    return p.promise;
+  };
+  await send({ create: spec });
+  return {
+    call: (m) => send({ call: m }) as Promise<ShardCalls[typeof m]>,
+    close: () => worker.terminate(),
+  };
+}
+
+/** Splits `n` items into `k` contiguous shards: [first, count] each. */
+function split(n: number, k: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i < k; i++) {
+    const a = Math.floor((n * i) / k);
+    const b = Math.floor((n * (i + 1)) / k);
+    if (b > a) out.push([a, b - a]);
+  }
+  return out;
+}
+
+async function shards(specs: ShardSpec[], workers: number): Promise<ShardHandle[]> {
+  return workers <= 1 ? specs.map(localShard) : await Promise.all(specs.map(workerShard));
+}
+
+function all<M extends keyof ShardCalls>(hs: ShardHandle[], m: M): Promise<ShardCalls[M][]> {
+  return Promise.all(hs.map((h) => h.call(m)));
+}
+
+async function closeShards(hs: ShardHandle[]): Promise<void> {
+  await all(hs, "teardown").catch(() => {});
+  for (const h of hs) h.close();
+}
+
+const sleep = (s: number) => new Promise((r) => setTimeout(r, s * 1000));
+
+// ---------------------------------------------------------------- output
+
+/** One result line. */
+type Line = Record<string, unknown>;
+
+function emit(line: Line, summary: string): void {
+  console.log(JSON.stringify(line));
+  console.error(summary);
+}
+
+/** `a / b` rounded, or null when either is missing or b is 0. */
+function ratio(a: unknown, b: unknown): number | null {
+  if (typeof a !== "number" || typeof b !== "number" || b === 0) return null;
+  return sig(a / b, 3);
+}
+
+function ratios(server: Line, bound: Line | undefined, keys: string[]): Line | undefined {
+  if (bound === undefined) return undefined;
+  const out: Line = {};
+  for (const k of keys) out[k] = ratio(server[k], bound[k]);
+  return out;
+}
+
+function mb(bytes: unknown): string {
+  return typeof bytes !== "number" ? "?" : `${(bytes / 1048576).toFixed(1)} MB`;
+}
+
+/** Least, median and most of `xs`. */
+function spread(xs: number[]): { min: number; p50: number; max: number } {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return {
+    min: sorted[0] ?? 0,
+    p50: sorted[Math.floor(sorted.length / 2)] ?? 0,
+    max: sorted[sorted.length - 1] ?? 0,
+  };
+}
+
+/** CPU share of one core used by `pid` between two readings. */
+function cpuShare(a: number | undefined, b: number | undefined, seconds: number): number | null {
+  return a === undefined || b === undefined ? null : sig((b - a) / seconds, 3);
+}
+
+// ---------------------------------------------------------------- workloads
+
+interface Run {
+  s: Settings;
+  target: Target;
+  runNonce: string;
+}
+
+async function relay(run: Run, pairs: number): Promise<Line> {
+  const { s, target } = run;
+  const workers = Math.min(s.genWorkers, pairs);
+  const specs: ShardSpec[] = split(pairs, workers).map(([first, count]) => ({
+    type: "relay",
+    params: {
+      url: target.url,
+      kind: target.kind,
+      nonce: `${run.runNonce}r${pairs}`,
+      firstPair: first,
+      pairs: count,
+      window: s.window,
+      bytes: s.bytes,
+      concurrency: s.concurrency,
+      setupTimeoutMs: 120_000,
+    } satisfies RelayParams,
+  }));
+  const hs = await shards(specs, s.genWorkers);
+  try {
+    await all(hs, "setup");
+    await all(hs, "start");
+    await sleep(s.warmup);
+    await all(hs, "beginWindow");
+    const t0 = clock();
+    const srv0 = cpuSeconds(target.pid);
+    const gen0 = cpuSeconds("self");
+    await sleep(s.duration);
+    const windows: RelayWindow[] = await all(hs, "endWindow");
+    const t1 = clock();
+    const srv1 = cpuSeconds(target.pid);
+    const gen1 = cpuSeconds("self");
+    const seconds = (t1 - t0) / 1000;
+    const hist = new Histogram();
+    const delivered: number[] = [];
+    let oldest = 0;
+    let outOfOrder = 0;
+    let errors = 0;
+    for (const w of windows) {
+      hist.merge(new Histogram(w.histogram));
+      delivered.push(...w.delivered);
+      oldest = Math.max(oldest, w.oldestInFlightMs);
+      outOfOrder += w.outOfOrder;
+      errors += w.errors;
+    }
+    const total = delivered.reduce((a, b) => a + b, 0);
+    const serverCpu = srv0 === undefined || srv1 === undefined ? undefined : srv1 - srv0;
+    return {
+      bench: "relay",
+      target: target.name,
+      pairs,
+      window: s.window,
+      data_bytes: s.bytes,
+      duration_s: sig(seconds),
+      delivered: total,
+      msgs_per_s: sig(total / seconds),
+      latency_ms: {
+        p50: sig(hist.quantile(0.5) / 1000, 3),
+        p99: sig(hist.quantile(0.99) / 1000, 3),
+        max: sig(hist.max / 1000, 3),
+      },
+      longest_wait_ms: sig(Math.max(hist.max / 1000, oldest), 3),
+      fairness: sig(jain(delivered), 4),
+      per_peer: spread(delivered),
+      out_of_order: outOfOrder,
+      errors,
+      server_cpu: cpuShare(srv0, srv1, seconds),
+      gen_cpu: cpuShare(gen0, gen1, seconds),
+      server_cpu_us_per_msg: serverCpu === undefined || total === 0
+        ? null
+        : sig((serverCpu * 1e6) / total, 3),
+      server_rss_bytes: rssBytes(target.pid) ?? null,
+      gen_workers: hs.length,
+    };
+  } finally {
+    await closeShards(hs);
+  }
+}
+
+function relaySummary(l: Line): string {
+  const lat = l.latency_ms as Record<string, number>;
+  const v = l.vs_bound as Record<string, number | null> | undefined;
+  return `relay  ${String(l.target).padEnd(6)} P=${l.pairs} W=${l.window}: ${
+    grouped(l.msgs_per_s as number)
+  } msg/s, latency p50 ${lat.p50} ms p99 ${lat.p99} ms max ${lat.max} ms, longest wait ${l.longest_wait_ms} ms, fairness ${l.fairness}, server cpu ${
+    l.server_cpu ?? "?"
+  } (${l.server_cpu_us_per_msg ?? "?"} µs/msg), generator cpu ${l.gen_cpu ?? "?"}` +
+    (v ? ` | vs bound: ${v.msgs_per_s}× msg/s, ${v.server_cpu_us_per_msg}× µs/msg` : "");
+}
+
+async function joinRun(
+  run: Run,
+  tag: "storm" | "idle",
+  clients: number,
+  roomSize: number,
+): Promise<{ hs: ShardHandle[]; t0: number; results: JoinResult[] }> {
+  const { s, target } = run;
+  const limit = openFileLimit();
+  if (limit !== undefined && clients + 200 > limit) {
+    throw new Error(
+      `${clients} clients need more open files than this process may have (${limit}); raise ulimit -n`,
+    );
+  }
+  const workers = Math.min(s.genWorkers, clients);
+  const specs: ShardSpec[] = split(clients, workers).map(([first, count]) => ({
+    type: "join",
+    params: {
+      url: target.url,
+      kind: target.kind,
+      nonce: run.runNonce,
+      tag,
+      firstClient: first,
+      clients: count,
+      totalClients: clients,
+      roomSize,
+      useIdent: tag === "storm",
+      concurrency: Math.max(1, Math.floor(s.concurrency / workers)),
+      timeoutMs: 180_000,
+    } satisfies JoinParams,
+  }));
+  const hs = await shards(specs, s.genWorkers);
+  const t0 = clock();
+  try {
+    return { hs, t0, results: await all(hs, "run") };
+  } catch (e) {
+    await closeShards(hs);
+    throw e;
+  }
+}
+
+async function joinStorm(run: Run): Promise<Line> {
+  const { s, target } = run;
+  const n = s.clients;
+  const srv0 = cpuSeconds(target.pid);
+  const { hs, t0, results } = await joinRun(run, "storm", n, s.roomSize);
+  try {
+    const srv1 = cpuSeconds(target.pid);
+    const opened = Math.max(...results.map((r) => r.openedAt)) - t0;
+    const ready = Math.max(...results.map((r) => r.readyAt)) - t0;
+    const stuns = results.reduce((a, r) => a + r.stuns, 0);
+    const full = Math.floor(n / s.roomSize);
+    const rest = n - full * s.roomSize;
+    const expected = target.kind === "signal"
+      ? full * s.roomSize * (s.roomSize - 1) + rest * Math.max(0, rest - 1)
+      : 0;
+    return {
+      bench: "join",
+      target: target.name,
+      clients: n,
+      room_size: s.roomSize,
+      join: target.kind === "signal" ? "ident+join, all stuns" : "bare join, ack",
+      connect_s: sig(opened / 1000),
+      total_s: sig(ready / 1000),
+      connections_per_s: sig(n / (opened / 1000)),
+      joins_per_s: sig(n / (ready / 1000)),
+      stuns,
+      stuns_expected: expected,
+      errors: results.reduce((a, r) => a + r.errors, 0),
+      server_cpu_us_per_client: srv0 === undefined || srv1 === undefined
+        ? null
+        : sig(((srv1 - srv0) * 1e6) / n, 3),
+      server_rss_bytes: rssBytes(target.pid) ?? null,
+    };
+  } finally {
+    await closeShards(hs);
+  }
+}
+
+function joinSummary(l: Line): string {
+  const v = l.vs_bound as Record<string, number | null> | undefined;
+  return `join   ${
+    String(l.target).padEnd(6)
+  } N=${l.clients} K=${l.room_size} (${l.join}): all open in ${l.connect_s} s (${
+    grouped(l.connections_per_s as number)
+  } conn/s), all joined in ${l.total_s} s (${grouped(l.joins_per_s as number)} joins/s), ${
+    grouped(l.stuns as number)
+  }/${grouped(l.stuns_expected as number)} stuns, server cpu ${
+    l.server_cpu_us_per_client ?? "?"
+  } µs/client` +
+    (v ? ` | vs bound: ${v.connections_per_s}× conn/s, ${v.joins_per_s}× joins/s` : "");
+}
+
+async function idle(run: Run): Promise<Line> {
+  const { s, target } = run;
+  await sleep(Math.min(0.5, s.settle));
+  const before = rssBytes(target.pid);
+  const { hs, t0, results } = await joinRun(run, "idle", s.idleClients, s.idleRoomSize);
+  try {
+    const ready = Math.max(...results.map((r) => r.readyAt)) - t0;
+    await sleep(s.settle);
+    const after = rssBytes(target.pid);
+    const perConn = before === undefined || after === undefined
+      ? null
+      : sig((after - before) / s.idleClients, 3);
+    return {
+      bench: "idle",
+      target: target.name,
+      clients: s.idleClients,
+      room_size: s.idleRoomSize,
+      setup_s: sig(ready / 1000),
+      server_rss_before_bytes: before ?? null,
+      server_rss_after_bytes: after ?? null,
+      bytes_per_conn: perConn,
+      gen_rss_bytes: rssBytes("self") ?? null,
+      errors: results.reduce((a, r) => a + r.errors, 0),
+    };
+  } finally {
+    await closeShards(hs);
+  }
+}
+
+function idleSummary(l: Line): string {
+  const v = l.vs_bound as Record<string, number | null> | undefined;
+  return `idle   ${String(l.target).padEnd(6)} C=${l.clients} K=${l.room_size}: server rss ${
+    mb(l.server_rss_before_bytes)
+  } → ${mb(l.server_rss_after_bytes)}, ${
+    l.bytes_per_conn === null ? "?" : grouped(l.bytes_per_conn as number)
+  } bytes/connection (set up in ${l.setup_s} s; generator rss ${mb(l.gen_rss_bytes)})` +
+    (v ? ` | vs bound: ${v.bytes_per_conn}× bytes/conn` : "");
+}
+
+// ---------------------------------------------------------------- driver
+
+async function withTarget<T>(
+  s: Settings,
+  name: TargetName,
+  f: (t: Target) => Promise<T>,
+): Promise<T> {
+  let target: Target;
+  if (name === "server" && s.url !== undefined) target = externalTarget(s.url, s.serverPid);
+  else {
+    const denoFlags = name === "server" && s.profile !== undefined
+      ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}`]
+      : [];
+    const extra = name === "server" ? s.serverFlags : [];
+    target = await startTarget(name, { cpus: s.serverCpus, denoFlags, serverFlags: extra });
+  }
+  try {
+    return await f(target);
+  } finally {
+    await target.stop();
+  }
+}
+
+async function bench(s: Settings): Promise<void> {
+  const runNonce = nonce();
+  emit(
+    {
+      bench: "meta",
+      deno: Deno.version.deno,
+      v8: Deno.version.v8,
+      cpus: onlineCpus(),
+      server_cpus: s.serverCpus || null,
+      server_flags: s.url === undefined ? [...SERVER_FLAGS, ...s.serverFlags] : null,
+      gen_cpus: s.genCpus || null,
+      gen_workers: s.genWorkers,
+      open_files: openFileLimit() ?? null,
+      loadavg: Deno.loadavg(),
+      quick: s.quick,
+      url: s.url ?? null,
+    },
+    `bench: ${onlineCpus()} CPUs, target on [${s.serverCpus || "any"}], generator on [${
+      s.genCpus || "any"
+    }] with ${s.genWorkers} thread(s), open files ${openFileLimit()}, load ${
+      Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
+    }`,
+  );
+  const workloads: [string, (run: Run) => Promise<Line>, string[], (l: Line) => string][] = [];
+  if (s.only.has("relay")) {
+    for (const p of s.pairs) {
+      workloads.push([
+        "relay",
+        (run) => relay(run, p),
+        ["msgs_per_s", "server_cpu_us_per_msg", "longest_wait_ms"],
+        relaySummary,
+      ]);
+    }
+  }
+  if (s.only.has("join")) {
+    workloads.push([
+      "join",
+      joinStorm,
+      ["connections_per_s", "joins_per_s", "server_cpu_us_per_client"],
+      joinSummary,
+    ]);
+  }
+  if (s.only.has("idle")) {
+    workloads.push(["idle", idle, ["bytes_per_conn"], idleSummary]);
+  }
+  for (const [, work, keys, summary] of workloads) {
+    let bound: Line | undefined;
+    for (const name of s.targets) {
+      const line = await withTarget(s, name, (target) => work({ s, target, runNonce }));
+      if (name === "bound") bound = line;
+      else {
+        const v = ratios(line, bound, keys);
+        if (v !== undefined) {
+          if (line.bench === "relay") {
+            const lat = line.latency_ms as Record<string, number>;
+            const blat = bound!.latency_ms as Record<string, number>;
+            v.latency_p50 = ratio(lat.p50, blat.p50);
+            v.latency_p99 = ratio(lat.p99, blat.p99);
+          }
+          line.vs_bound = v;
+        }
+      }
+      emit(line, summary(line));
+    }
+  }
+}
+
+/** Runs this script again pinned to the generator's CPUs with a raised open-file limit. */
+async function reexec(s: Settings, args: string[]): Promise<number> {
+  const argv = await wrapped([
+    Deno.execPath(),
+    "run",
+    // Deno grants /proc and /sys reads (memory, CPU time, limits) only with -A.
+    "-A",
+    new URL(import.meta.url).pathname,
+    ...args,
+    "--server-cpus",
+    s.serverCpus,
+    "--gen-cpus",
+    s.genCpus,
+  ], s.genCpus);
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    env: { [PINNED_ENV]: "1" },
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  const forward = (sig: Deno.Signal) => () => {
+    try {
+      child.kill(sig);
+    } catch {
+      // already gone
+    }
+  };
+  Deno.addSignalListener("SIGINT", forward("SIGINT"));
+  Deno.addSignalListener("SIGTERM", forward("SIGTERM"));
+  return (await child.status).code;
+}
+
+async function main(): Promise<number> {
+  let s: Settings;
+  try {
+    const parsed = parse(Deno.args);
+    if (parsed.values.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    s = await settings(parsed.values);
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      console.error(`bench: ${(e as Error).message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (Deno.env.get(PINNED_ENV) !== "1" && (s.genCpus !== "" || openFileLimit() !== undefined)) {
+    return await reexec(s, Deno.args);
+  }
+  const stop = () => {
+    killAll();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  try {
+    await bench(s);
+    return 0;
+  } catch (e) {
+    console.error(`bench: ${(e as Error).stack ?? e}`);
+    return 1;
+  } finally {
+    killAll();
+  }
+}
+
+if (import.meta.main) Deno.exit(await main());

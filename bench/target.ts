@@ -1,0 +1,260 @@
+/**
+ * The processes under test: the project's server and the bare relay, each
+ * started as a separate process (pinned to its own core when possible) so
+ * its memory and CPU time can be read from `/proc/<pid>`.
+ *
+ * @module
+ */
+
+import type { Kind } from "./load.ts";
+
+/** Which server a run measures. */
+export type TargetName = "server" | "bound";
+
+/** A server the generator talks to. */
+export interface Target {
+  /** `server` is the project, `bound` the bare relay. */
+  readonly name: TargetName;
+  /** What it speaks. */
+  readonly kind: Kind;
+  /** Its WebSocket URL. */
+  readonly url: string;
+  /** Its process id, when known (needed for memory and CPU figures). */
+  readonly pid: number | undefined;
+  /** Stops it, if this benchmark started it. */
+  stop(): Promise<void>;
+}
+
+/** How to start a target process. */
+export interface StartOptions {
+  /** `taskset -c` CPU list for the process ("" = not pinned). */
+  cpus: string;
+  /** Extra `deno run` flags (for example `--cpu-prof`). */
+  denoFlags: string[];
+  /** Extra flags for the server itself (after {@link SERVER_FLAGS}, so they win). */
+  serverFlags?: string[];
+}
+
+const ROOT = new URL("../", import.meta.url);
+
+/** The flags that make the server measurable: no rate limit, no small caps. */
+export const SERVER_FLAGS: readonly string[] = [
+  "--rate",
+  "0",
+  "--log-level",
+  "warning",
+  "--max-room-peers",
+  "1000000",
+  "--max-buffered-bytes",
+  String(1024 * 1024 * 1024),
+  "--shutdown-timeout",
+  "2",
+];
+
+/** Targets started and not yet stopped, so a signal can stop them all. */
+const running = new Set<Deno.ChildProcess>();
+
+/** Kills every target still running (on SIGINT/SIGTERM of the benchmark). */
+export function killAll(): void {
+  for (const child of running) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+let tasksetOk: boolean | undefined;
+
+/** True when `taskset` exists and may set this machine's affinity. */
+export async function hasTaskset(): Promise<boolean> {
+  if (tasksetOk === undefined) {
+    try {
+      const out = await new Deno.Command("taskset", {
+        args: ["-c", "0", "true"],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      tasksetOk = out.success;
+    } catch {
+      tasksetOk = false;
+    }
+  }
+  return tasksetOk;
+}
+
+let bashOk: boolean | undefined;
+
+/** True when `bash` can be run (to raise the open-file limit before exec). */
+export async function hasBash(): Promise<boolean> {
+  if (bashOk === undefined) {
+    try {
+      bashOk = (await new Deno.Command("bash", { args: ["-c", "true"] }).output()).success;
+    } catch {
+      bashOk = false;
+    }
+  }
+  return bashOk;
+}
+
+/** CPUs online (all of them, whatever this process's own affinity). */
+export function onlineCpus(): number {
+  try {
+    const text = Deno.readTextFileSync("/sys/devices/system/cpu/online").trim();
+    let n = 0;
+    for (const part of text.split(",")) {
+      const [a, b] = part.split("-").map(Number);
+      n += b === undefined ? 1 : b - a + 1;
+    }
+    if (n > 0) return n;
+  } catch {
+    // not Linux, or no /sys
+  }
+  return navigator.hardwareConcurrency;
+}
+
+/**
+ * The command line that runs `argv` with a raised open-file limit and, when
+ * `cpus` is set, pinned with taskset. The hard limit only rises with
+ * privilege; when it cannot, the soft one is raised to the hard one.
+ */
+export async function wrapped(argv: string[], cpus: string): Promise<string[]> {
+  const pinned = cpus !== "" && await hasTaskset() ? ["taskset", "-c", cpus, ...argv] : argv;
+  if (!await hasBash()) return pinned;
+  const raise = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"';
+  return ["bash", "-c", raise, "bench", ...pinned];
+}
+
+/** A free loopback TCP port (closed again; the target binds it right after). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Starts the project's server (`server`) or the bare relay (`bound`) on a free loopback port. */
+export async function startTarget(name: TargetName, options: StartOptions): Promise<Target> {
+  const port = freePort();
+  const script = name === "server"
+    ? new URL("main.ts", ROOT).pathname
+    : new URL("bench/bare_relay.ts", ROOT).pathname;
+  const args = name === "server"
+    ? ["--port", String(port), "--host", "127.0.0.1", ...SERVER_FLAGS, ...options.serverFlags ?? []]
+    : ["--port", String(port), "--host", "127.0.0.1"];
+  const argv = await wrapped([
+    Deno.execPath(),
+    "run",
+    "--allow-net",
+    "--allow-env",
+    "--allow-read",
+    ...options.denoFlags,
+    script,
+    ...args,
+  ], options.cpus);
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    cwd: ROOT.pathname,
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  running.add(child);
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    running.delete(child);
+    return s;
+  });
+  const stop = async () => {
+    if (exited) return;
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // already gone
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((r) => timer = setTimeout(() => r("late"), 10_000));
+    if (await Promise.race([status, late]) === "late") {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // gone in between
+      }
+      await status;
+    }
+    clearTimeout(timer);
+  };
+  // Ready once it answers HTTP; bounded, and failing fast if it exits.
+  const health = `http://127.0.0.1:${port}${name === "server" ? "/healthz" : "/"}`;
+  const until = Date.now() + 30_000;
+  for (let attempt = 0; attempt < 600; attempt++) {
+    if (exited) {
+      throw new Error(`${name} exited before it was ready: ${JSON.stringify(await status)}`);
+    }
+    try {
+      const res = await fetch(health);
+      await res.body?.cancel();
+      if (res.ok) {
+        return {
+          name,
+          kind: name === "server" ? "signal" : "bare",
+          url: `ws://127.0.0.1:${port}/`,
+          pid: child.pid,
+          stop,
+        };
+      }
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > until) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await stop();
+  throw new Error(`${name} did not answer ${health} within 30 s`);
+}
+
+/** A server this benchmark did not start, at `url` (process id optional, for /proc figures). */
+export function externalTarget(url: string, pid: number | undefined): Target {
+  return { name: "server", kind: "signal", url, pid, stop: () => Promise.resolve() };
+}
+
+const CLK_TCK = 100; // USER_HZ: 100 on every Linux architecture Deno runs on
+
+/** Resident memory of `pid` ("self" for this process) in bytes, or undefined when unreadable. */
+export function rssBytes(pid: number | "self" | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+    return m === null ? undefined : Number(m[1]) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU time (user + system) of `pid` in seconds, or undefined when unreadable. */
+export function cpuSeconds(pid: number | "self" | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The soft open-file limit of this process, or undefined when unreadable. */
+export function openFileLimit(): number | undefined {
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(limits);
+    if (m === null) return undefined;
+    return m[1] === "unlimited" ? Infinity : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}

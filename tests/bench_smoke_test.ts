@@ -1,0 +1,143 @@
+/**
+ * Keeps the load benchmark from rotting: runs every workload with tiny sizes
+ * against the real server and the bare relay, and checks that each JSON line
+ * has its fields with sane values. No timing assertions: the numbers depend
+ * on the machine.
+ */
+
+import assert from "node:assert/strict";
+import { Histogram, jain } from "../bench/stats.ts";
+
+const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
+
+type Line = Record<string, unknown>;
+
+function num(line: Line, key: string): number {
+  const v = line[key];
+  assert.equal(typeof v, "number", `${line.bench}/${line.target}: ${key} is ${JSON.stringify(v)}`);
+  assert.ok(Number.isFinite(v), `${key} is finite`);
+  return v as number;
+}
+
+function obj(line: Line, key: string): Line {
+  const v = line[key];
+  assert.ok(
+    v !== null && typeof v === "object",
+    `${line.bench}/${line.target}: ${key} is an object`,
+  );
+  return v as Line;
+}
+
+Deno.test("bench --quick: every workload prints sane JSON lines for server and bound", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--quick"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(180_000),
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `bench failed:\n${stderr}`);
+  const lines: Line[] = new TextDecoder().decode(out.stdout).split("\n")
+    .filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  const pick = (bench: string, target?: string) =>
+    lines.filter((l) => l.bench === bench && (target === undefined || l.target === target));
+
+  const [meta] = pick("meta");
+  assert.ok(meta !== undefined, "a meta line comes first");
+  assert.ok(num(meta, "cpus") >= 1);
+  assert.equal(meta.quick, true);
+
+  // Relay: two pair counts (2 and 4) against each target.
+  const relays = pick("relay");
+  assert.equal(relays.length, 4, stderr);
+  assert.deepEqual(relays.map((l) => `${l.target}:${l.pairs}`), [
+    "bound:2",
+    "server:2",
+    "bound:4",
+    "server:4",
+  ]);
+  for (const l of relays) {
+    assert.equal(l.window, 2);
+    assert.ok(num(l, "delivered") > 0, "signals were delivered");
+    assert.ok(num(l, "msgs_per_s") > 0);
+    assert.ok(num(l, "duration_s") > 0.5);
+    const lat = obj(l, "latency_ms");
+    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
+    assert.ok(num(lat, "p99") <= num(lat, "max"));
+    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
+    const f = num(l, "fairness");
+    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+    const spread = obj(l, "per_peer");
+    assert.ok(num(spread, "min") <= num(spread, "p50") && num(spread, "p50") <= num(spread, "max"));
+    assert.equal(l.out_of_order, 0, "each pair's signals arrive in order");
+    assert.equal(l.errors, 0);
+    assert.ok(num(l, "server_cpu") >= 0);
+    assert.ok(num(l, "server_cpu_us_per_msg") >= 0);
+    assert.ok(num(l, "server_rss_bytes") > 0);
+  }
+  for (const l of pick("relay", "server")) {
+    const v = obj(l, "vs_bound");
+    assert.ok(num(v, "msgs_per_s") > 0, "the server's throughput is given as a ratio of the bound");
+    assert.ok(num(v, "latency_p50") > 0);
+  }
+
+  // Join storm: the server announces every pair of each room to both sides.
+  const [storm] = pick("join", "server");
+  assert.equal(storm.clients, 20);
+  assert.equal(storm.room_size, 5);
+  assert.equal(num(storm, "stuns"), 4 * 5 * 4, "every expected stun arrived");
+  assert.equal(storm.stuns_expected, 80);
+  const [bareStorm] = pick("join", "bound");
+  assert.equal(bareStorm.stuns, 0, "the bare relay only acknowledges joins");
+  for (const l of pick("join")) {
+    assert.equal(l.errors, 0);
+    assert.ok(num(l, "connections_per_s") > 0);
+    assert.ok(num(l, "total_s") >= num(l, "connect_s"));
+  }
+  assert.ok(num(obj(storm, "vs_bound"), "connections_per_s") > 0);
+
+  // Idle footprint: memory read from /proc before and after.
+  const idles = pick("idle");
+  assert.deepEqual(idles.map((l) => l.target), ["bound", "server"]);
+  for (const l of idles) {
+    assert.equal(l.clients, 20);
+    assert.ok(num(l, "server_rss_before_bytes") > 1024 * 1024);
+    assert.ok(num(l, "server_rss_after_bytes") > 1024 * 1024);
+    num(l, "bytes_per_conn"); // may be negative with 20 clients: only its presence is checked
+    assert.ok(num(l, "gen_rss_bytes") > 0);
+    assert.equal(l.errors, 0);
+  }
+});
+
+Deno.test("bench histogram: quantiles within 2% of the exact ones, max exact, merge adds", () => {
+  const xs: number[] = [];
+  let seed = 42;
+  for (let i = 0; i < 20_000; i++) {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    xs.push(1 + Math.floor(Math.exp((seed / 2 ** 31) * 14))); // 1 µs .. ~1.2 s, log-spread
+  }
+  const a = new Histogram();
+  const b = new Histogram();
+  xs.forEach((x, i) => (i % 2 === 0 ? a : b).record(x));
+  a.merge(b);
+  assert.equal(a.total, xs.length);
+  const sorted = [...xs].sort((p, q) => p - q);
+  assert.equal(a.max, sorted[sorted.length - 1]);
+  for (const q of [0.1, 0.5, 0.9, 0.99, 0.999]) {
+    const exact = sorted[Math.ceil(q * sorted.length) - 1];
+    const got = a.quantile(q);
+    assert.ok(Math.abs(got - exact) <= Math.max(1, exact * 0.02), `q${q}: ${got} vs ${exact}`);
+  }
+  const restored = new Histogram(a.toJSON());
+  assert.equal(restored.quantile(0.5), a.quantile(0.5));
+  a.reset();
+  assert.equal(a.quantile(0.5), 0);
+});
+
+Deno.test("bench fairness: Jain's index is 1 for equal shares and 1/n for one taker", () => {
+  assert.equal(jain([5, 5, 5, 5]), 1);
+  assert.equal(jain([8, 0, 0, 0]), 0.25);
+  assert.equal(jain([]), 1);
+  assert.ok(Math.abs(jain([1, 2, 3]) - 36 / 42) < 1e-12);
+});
