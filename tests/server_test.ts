@@ -602,24 +602,19 @@ Deno.test("--idle-timeout 1: a peer that never answers pings is dropped and its 
     await raw.send(["join", "mute", "room"]);
     assert.deepEqual(await a.next(), ["stun", "room:alice", "room:mute", false]);
     const seen: string[] = [];
-    let close: { code: number; reason: string } | null = null;
-    await withTimeout(
+    const close = await withTimeout(
       (async () => {
-        for (;;) {
-          const f = await raw.readFrame();
-          if (f === null) return;
+        for (let f = await raw.readFrame(); f !== null; f = await raw.readFrame()) {
           seen.push(f.kind);
-          if (f.kind === "close") {
-            close = { code: f.code, reason: f.reason };
-            return;
-          }
+          if (f.kind === "close") return f;
         }
+        return null;
       })(),
       5000,
       "the idle client to be dropped",
     );
     assert.ok(seen.includes("ping"), `the server should ping first (saw ${seen})`);
-    assert.ok(close !== null, "the server should send a close frame");
+    assert.equal(close?.code, 1001, "the server should send a close frame with 1001");
     assert.deepEqual(await a.next(), ["bye", "room:alice", "room:mute"]);
     // alice's own client answers pings, so she is still connected.
     assert.deepEqual(await a.drain(), []);
