@@ -48,7 +48,11 @@ async function main(): Promise<number> {
   const log = logger("main");
   let server;
   try {
-    server = startServer(config, { version: VERSION });
+    const cluster = config.redisUrl === "" ? undefined : (await import("./lib/cluster.ts")).Cluster;
+    server = startServer(config, {
+      version: VERSION,
+      cluster: cluster && ((o) => new cluster<WebSocket>(o)),
+    });
   } catch (e) {
     // Name the address: "address in use" alone does not say which setting to change.
     console.error(

@@ -8,7 +8,7 @@
 
 import { assetResponse } from "./assets.ts";
 import { Broker, CloseCode, type Connection, type Outbox } from "./broker.ts";
-import { Cluster } from "./cluster.ts";
+import type { Cluster, ClusterOptions } from "./cluster.ts";
 import type { Config } from "./config.ts";
 import { logger } from "./log.ts";
 import { renderMetrics } from "./metrics.ts";
@@ -36,6 +36,11 @@ export interface StartOptions {
   version: string;
   /** Called once the server listens. */
   onListen?: (addr: Deno.NetAddr) => void;
+  /**
+   * Makes the cluster link when `config.redisUrl` is set. Passed in, so the
+   * Redis client is only loaded by instances that run in cluster mode.
+   */
+  cluster?: (options: ClusterOptions) => Cluster<WebSocket>;
 }
 
 /** Counters kept by the server itself, outside the protocol. */
@@ -152,7 +157,10 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     },
   };
 
-  const cluster = config.redisUrl === "" ? undefined : new Cluster<WebSocket>({
+  if (config.redisUrl !== "" && options.cluster === undefined) {
+    throw new Error("cluster mode (a Redis URL) needs StartOptions.cluster");
+  }
+  const cluster = config.redisUrl === "" ? undefined : options.cluster!({
     url: config.redisUrl,
     maxPeersPerRoom: config.limits.maxPeersPerRoom,
   });
