@@ -27,7 +27,7 @@ export function logger(...sub: string[]): Logger {
 export function setupLogging(level: LogLevel, format: "text" | "json"): void {
   const encoder = new TextEncoder();
   const formatter = format === "json"
-    ? getJsonLinesFormatter()
+    ? getJsonLinesFormatter({ message: "template" })
     : getTextFormatter({ value: (v) => (typeof v === "string" ? v : Deno.inspect(v)) });
   // A synchronous sink: log lines are short, and a crash must not lose them.
   const stderr = (record: LogRecord) => {
