@@ -451,9 +451,11 @@ async function joinStorm(run: Run): Promise<Line> {
   const { s, target } = run;
   const n = s.clients;
   const srv0 = cpuSeconds(target.pid);
+  const gen0 = cpuSeconds("self");
   const { hs, t0, results } = await joinRun(run, "storm", n, s.roomSize);
   try {
     const srv1 = cpuSeconds(target.pid);
+    const gen1 = cpuSeconds("self");
     const opened = Math.max(...results.map((r) => r.openedAt)) - t0;
     const ready = Math.max(...results.map((r) => r.readyAt)) - t0;
     const stuns = results.reduce((a, r) => a + r.stuns, 0);
@@ -478,6 +480,9 @@ async function joinStorm(run: Run): Promise<Line> {
       server_cpu_us_per_client: srv0 === undefined || srv1 === undefined
         ? null
         : sig(((srv1 - srv0) * 1e6) / n, 3),
+      // Coarse: CPU time is counted in 10 ms ticks and the storm lasts well under a second.
+      server_cpu: cpuShare(srv0, srv1, ready / 1000),
+      gen_cpu: cpuShare(gen0, gen1, ready / 1000),
       server_rss_bytes: rssBytes(target.pid) ?? null,
     };
   } finally {
@@ -495,7 +500,7 @@ function joinSummary(l: Line): string {
     grouped(l.stuns as number)
   }/${grouped(l.stuns_expected as number)} stuns, server cpu ${
     l.server_cpu_us_per_client ?? "?"
-  } µs/client` +
+  } µs/client (cpu: server ${l.server_cpu ?? "?"}, generator ${l.gen_cpu ?? "?"})` +
     (v ? ` | vs bound: ${v.connections_per_s}× conn/s, ${v.joins_per_s}× joins/s` : "");
 }
 
