@@ -13,6 +13,7 @@
  * @module
  */
 
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
   clock,
@@ -189,7 +190,8 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
     serverPid: values["server-pid"] === undefined
       ? undefined
       : int(values["server-pid"], 0, "server-pid"),
-    profile: values.profile,
+    // The server runs from the repository root: a relative directory means the caller's.
+    profile: values.profile === undefined ? undefined : resolve(values.profile),
     serverFlags: values["server-flags"].split(" ").filter((f) => f !== ""),
     quick: q,
   };
