@@ -64,7 +64,7 @@ interface SimplePeer {
   send(data: string): void;
   destroy(): void;
   on(event: "signal", fn: (data: SignalData) => void): void;
-  on(event: "connect" | "close", fn: () => void): void;
+  on(event: "connect" | "close" | "_iceComplete", fn: () => void): void;
   on(event: "data", fn: (data: Uint8Array) => void): void;
   on(event: "error", fn: (e: Error) => void): void;
   once(event: "connect" | "close", fn: () => void): void;
@@ -87,15 +87,22 @@ class DivaClient {
   readonly received: { from: string; text: string }[] = [];
   #listeners = new Set<() => void>();
   #errors: Error[] = [];
+  #candidatesFirst = false;
 
   private constructor(ws: WebSocket) {
     this.ws = ws;
   }
 
   /** Connects, asks for an ident and joins `room` (legacy or v2 join form). */
-  static async join(url: string, room: string, legacyJoin: boolean): Promise<DivaClient> {
+  static async join(
+    url: string,
+    room: string,
+    legacyJoin: boolean,
+    candidatesFirst = false,
+  ): Promise<DivaClient> {
     const ws = new WebSocket(url);
     const c = new DivaClient(ws);
+    c.#candidatesFirst = candidatesFirst;
     ws.onmessage = (e) => c.#onMessage(JSON.parse(String(e.data)));
     await within(new Promise((r) => ws.onopen = r), T, "socket open");
     ws.send(JSON.stringify(["ident"]));
@@ -117,7 +124,23 @@ class DivaClient {
         const [, own, remote, initiator] = msg as [string, string, string, boolean];
         const p = new SimplePeerCtor({ initiator, wrtc, trickle: true });
         this.peers.set(remote, p);
-        p.on("signal", (data) => this.ws.send(JSON.stringify(["signal", own, remote, data])));
+        const send = (data: SignalData) =>
+          this.ws.send(JSON.stringify(["signal", own, remote, data]));
+        let heldOffer: SignalData | undefined;
+        p.on("signal", (data) => {
+          if (!this.#candidatesFirst || data.type !== "offer") return send(data);
+          // To test the receiver's ordering, the offer is held back until every
+          // candidate has gone out ahead of it, and the candidates wrtc put in
+          // its SDP are taken out, so they reach the mesh only by trickle.
+          const sdp = (data.sdp ?? "").split("\r\n")
+            .filter((l) => !l.startsWith("a=candidate:")).join("\r\n");
+          heldOffer = { type: data.type, sdp };
+        });
+        // simple-peer's own event for the end of candidate gathering.
+        p.on("_iceComplete", () => {
+          if (heldOffer !== undefined) send(heldOffer);
+          heldOffer = undefined;
+        });
         p.on("data", (d) => {
           this.received.push({ from: remote, text: new TextDecoder().decode(d) });
           this.#poke();
@@ -232,6 +255,7 @@ Deno.test({
 /** What these tests use of wrtc's peer connection (the package has no types). */
 interface WrtcPeerConnection extends PeerConnectionLike {
   addIceCandidate(c?: { candidate?: string }): Promise<void>;
+  setRemoteDescription(d: SignalData): Promise<void>;
 }
 
 const WrtcRTCPeerConnection = (wrtc as {
@@ -243,6 +267,10 @@ class LoopbackPeerConnection extends WrtcRTCPeerConnection {
   override addIceCandidate(c?: { candidate?: string }): Promise<void> {
     if (c?.candidate && !isLoopback(c.candidate)) return Promise.resolve();
     return super.addIceCandidate(c);
+  }
+
+  override setRemoteDescription(d: SignalData): Promise<void> {
+    return super.setRemoteDescription(loopbackOnly(d) ?? d);
   }
 }
 
@@ -286,4 +314,145 @@ Deno.test({
       await server.stop();
     }
   },
+});
+
+/** A client and a mesh on wrtc, joined to `room` as `ident`. */
+async function meshPeer(url: string, room: string, ident: string, fast = false) {
+  const client = new SignalClient(url, {
+    requestTimeout: T,
+    reconnect: fast ? { initialDelay: 20, maxDelay: 200 } : undefined,
+  });
+  const mesh = new Mesh(client, { RTCPeerConnection: LoopbackPeerConnection });
+  await mesh.join(room, ident);
+  return {
+    client,
+    mesh,
+    async close() {
+      mesh.close();
+      await client.close();
+    },
+  };
+}
+
+/** Resolves once the mesh has exactly `peers`, all open; bounded. */
+function allOpen(mesh: Mesh, peers: string[]): Promise<void> {
+  const want = [...peers].sort().join(",");
+  const done = () => mesh.peerIds().sort().join(",") === want && peers.every((p) => mesh.isOpen(p));
+  if (done()) return Promise.resolve();
+  return within(
+    new Promise<void>((resolve) => {
+      const offs = (["open", "close", "peer"] as const).map((t) =>
+        mesh.on(t, () => {
+          if (!done()) return;
+          for (const off of offs) off();
+          resolve();
+        })
+      );
+    }),
+    T,
+    `open channels to exactly [${want}]`,
+  );
+}
+
+Deno.test("Mesh: peers coming and going leave no peer connection behind", async () => {
+  const server = await startTestServer();
+  const host = await meshPeer(server.wsUrl, "churn", "host");
+  const made: PeerConnectionLike[] = [];
+  host.mesh.on("peer", (e) => made.push(e.connection));
+  try {
+    for (let round = 0; round < 4; round++) {
+      const guests = [
+        await meshPeer(server.wsUrl, "churn", `g${round}a`),
+        await meshPeer(server.wsUrl, "churn", `g${round}b`),
+      ];
+      try {
+        const ids = guests.map((g) => g.mesh.self!);
+        await allOpen(host.mesh, ids);
+        for (const g of guests) {
+          await allOpen(g.mesh, [
+            host.mesh.self!,
+            ...ids.filter((i) => i !== g.mesh.self),
+          ]);
+        }
+        assert.equal(host.mesh.broadcast(`round ${round}`), 2);
+      } finally {
+        // One guest leaves the room politely, the other just disconnects.
+        await guests[0].mesh.leave();
+        await guests[0].close();
+        await guests[1].close();
+      }
+      if (host.mesh.peers > 0) await host.mesh.once("close", () => host.mesh.peers === 0, T);
+    }
+    assert.equal(host.mesh.peers, 0);
+    assert.equal(made.length, 8);
+    for (const pc of made) assert.equal(pc.signalingState, "closed");
+  } finally {
+    await host.close();
+    await server.stop();
+  }
+});
+
+Deno.test("Mesh: after the signal server restarts, peers re-join and connect afresh", async () => {
+  let server = await startTestServer();
+  const port = server.port;
+  const a = await meshPeer(server.wsUrl, "restart", "a", true);
+  const b = await meshPeer(server.wsUrl, "restart", "b", true);
+  try {
+    await Promise.all([allOpen(a.mesh, ["restart:b"]), allOpen(b.mesh, ["restart:a"])]);
+    const first = [a.mesh.connection("restart:b"), b.mesh.connection("restart:a")];
+
+    // The shutdown tells one side bye; the re-join announces the pair again,
+    // and each side makes a new connection (replacing the old one if it is
+    // still there).
+    const renewed = [a, b].map((p) => p.mesh.once("peer", undefined, 4 * T));
+    await server.stop();
+    server = await startTestServer(["--port", String(port)]);
+    await Promise.all(renewed);
+    await Promise.all([allOpen(a.mesh, ["restart:b"]), allOpen(b.mesh, ["restart:a"])]);
+    // New connections, the old ones closed: nothing leaked across the restart.
+    assert.notEqual(a.mesh.connection("restart:b"), first[0]);
+    assert.notEqual(b.mesh.connection("restart:a"), first[1]);
+    for (const pc of first) assert.equal(pc?.signalingState, "closed");
+    assert.equal(a.mesh.peers, 1);
+
+    const got = b.mesh.once("message", undefined, T);
+    a.mesh.send("restart:b", "after restart");
+    assert.deepEqual(await got, { peer: "restart:a", data: "after restart" });
+  } finally {
+    await a.close();
+    await b.close();
+    await server.stop();
+  }
+});
+
+Deno.test("Mesh: candidates that arrive before the offer are kept until it is applied", async () => {
+  const server = await startTestServer();
+  const client = new SignalClient(server.wsUrl, { requestTimeout: T });
+  const mesh = new Mesh(client, { RTCPeerConnection: LoopbackPeerConnection });
+  let diva: DivaClient | undefined;
+  try {
+    const self = await mesh.join("order", "mesh");
+    const meshOpen = mesh.once("open", undefined, T);
+    diva = await DivaClient.join(server.wsUrl, "order", false, true);
+    await diva.connected(self);
+    await meshOpen;
+    // Every candidate of the offerer came before its offer. Had the mesh
+    // dropped them, it would know the offerer by peer-reflexive ones only.
+    const pc = mesh.connection(diva.self) as unknown as {
+      getStats(): Promise<Map<string, Record<string, unknown>>>;
+    };
+    const stats = await pc.getStats();
+    const remoteTypes = [...stats.values()]
+      .filter((s) => s.type === "remote-candidate")
+      .map((s) => `${s.candidateType} ${s.address ?? s.ip}`);
+    assert.ok(
+      remoteTypes.some((t) => t.startsWith("host 127.0.0.1")),
+      `remote candidates: ${remoteTypes.join(", ")}`,
+    );
+  } finally {
+    mesh.close();
+    await diva?.close();
+    await client.close();
+    await server.stop();
+  }
 });
