@@ -257,3 +257,18 @@ Deno.test("reconnect delays grow exponentially with jitter and stay capped", asy
     assert.ok(d >= base * (1 - opts.jitter) && d <= base, `attempt ${i}: ${d} ms vs base ${base}`);
   });
 });
+
+Deno.test("close() while still connecting settles and leaves nothing behind", async () => {
+  const server = await startTestServer();
+  try {
+    const c = connect(server);
+    const queued = assert.rejects(c.join("room", "early"), /client closed/);
+    assert.equal(c.state, "connecting");
+    await c.close();
+    await queued;
+    assert.equal(c.state, "closed");
+    assert.equal(server.server.broker.idents, 0);
+  } finally {
+    await server.stop();
+  }
+});

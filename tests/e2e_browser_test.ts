@@ -31,6 +31,14 @@ Deno.test({
       pages.push(b);
       await Promise.all([a.waitForOpenPeers([b.self]), b.waitForOpenPeers([a.self])]);
 
+      // The pair runs over loopback host candidates: nothing else was offered.
+      for (const [p, q] of [[a, b], [b, a]]) {
+        const pair = await p.selectedPair(q.self);
+        assert.ok(pair !== undefined, "a selected candidate pair");
+        assert.equal(pair.remote, "host");
+        assert.match(pair.remoteAddress, /^(127\.|::1$)/);
+      }
+
       assert.equal(await a.send(b.self, "hello bob"), true);
       await b.waitForMessage(a.self, "hello bob");
       assert.equal(await b.send(a.self, "hi alice"), true);
@@ -72,6 +80,7 @@ Deno.test({
       await a.send(b.self, "still here");
       await b.waitForMessage(a.self, "still here");
       assert.equal(server.server.broker.idents, 2);
+      assert.deepEqual([...a.errors, ...b.errors, ...c.errors], []);
     } finally {
       for (const p of pages) await p.close();
       await browser.close();
@@ -89,8 +98,9 @@ Deno.test({
     try {
       const tabs = [];
       for (const name of ["alice", "bob"]) {
-        const { context, page } = await newIsolatedPage(browser);
-        tabs.push({ context, page });
+        const tab = await newIsolatedPage(browser);
+        tabs.push(tab);
+        const page = tab.page;
         await page.setViewportSize({ width: 900, height: 620 });
         await page.goto(`${server.url}/demo?room=demo&name=${name}`);
         await page.locator("#self").getByText(name).waitFor();
@@ -112,6 +122,8 @@ Deno.test({
       await alice.screenshot({ path: "test-artifacts/demo.png", timeout: BROWSER_TIMEOUT_MS });
       const png = await Deno.readFile("test-artifacts/demo.png");
       assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47]); // "PNG"
+
+      assert.deepEqual(tabs.flatMap((t) => t.errors), []);
 
       // Bob leaves: Alice's list empties.
       await tabs[1].context.close();

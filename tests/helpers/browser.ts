@@ -165,15 +165,25 @@ export async function launchBrowser(): Promise<Browser> {
   });
 }
 
+/** A page in its own browser context, and the uncaught errors its scripts threw. */
+export interface IsolatedPage {
+  /** The context (own storage); closing it closes the page. */
+  context: BrowserContext;
+  /** The page. */
+  page: Page;
+  /** Uncaught exceptions and unhandled rejections in the page, as text. */
+  errors: string[];
+}
+
 /** A page on its own browser context (own storage), with the loopback-only ICE filter. */
-export async function newIsolatedPage(
-  browser: Browser,
-): Promise<{ context: BrowserContext; page: Page }> {
+export async function newIsolatedPage(browser: Browser): Promise<IsolatedPage> {
   const context = await browser.newContext();
   await context.addInitScript({ content: LOOPBACK_ONLY });
   const page = await context.newPage();
   page.setDefaultTimeout(BROWSER_TIMEOUT_MS);
-  return { context, page };
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  return { context, page, errors };
 }
 
 /** What {@link PeerPage.open} joins with. */
@@ -202,6 +212,8 @@ export interface SelectedPair {
   remote: string;
   /** The local candidate's address. */
   localAddress: string;
+  /** The remote candidate's address. */
+  remoteAddress: string;
 }
 
 /** What the harness needs of a page's `RTCPeerConnection` (Deno has no DOM types). */
@@ -238,11 +250,14 @@ export class PeerPage {
   readonly page: Page;
   /** Our global ident in the room. */
   readonly self: string;
+  /** Uncaught errors the page's scripts threw (a test expects none). */
+  readonly errors: string[];
   readonly #context: BrowserContext;
 
-  private constructor(context: BrowserContext, page: Page, self: string) {
-    this.#context = context;
-    this.page = page;
+  private constructor(p: IsolatedPage, self: string) {
+    this.#context = p.context;
+    this.page = p.page;
+    this.errors = p.errors;
     this.self = self;
   }
 
@@ -252,7 +267,8 @@ export class PeerPage {
     baseUrl: string,
     options: PeerPageOptions,
   ): Promise<PeerPage> {
-    const { context, page } = await newIsolatedPage(browser);
+    const isolated = await newIsolatedPage(browser);
+    const { context, page } = isolated;
     try {
       await page.goto(`${baseUrl}/healthz`);
       const self = await page.evaluate(async (o) => {
@@ -310,7 +326,7 @@ export class PeerPage {
         (globalThis as unknown as HarnessHost).__peer = h;
         return await mesh.join(o.room, o.ident);
       }, { room: options.room, ident: options.ident, rtcConfig: options.rtcConfig });
-      return new PeerPage(context, page, self);
+      return new PeerPage(isolated, self);
     } catch (e) {
       await context.close();
       throw e;
@@ -402,6 +418,7 @@ export class PeerPage {
         local: String(local?.candidateType),
         remote: String(remote?.candidateType),
         localAddress: String(local?.address),
+        remoteAddress: String(remote?.address),
       };
     }, peer);
   }
