@@ -31,7 +31,10 @@ import {
   type ErrorCode,
   isFault,
   PONG,
+  SIGNAL_FROM,
+  SIGNAL_TO,
 } from "./codec.ts";
+import { globalColon } from "./names.ts";
 import { TokenBucket } from "./rate_limit.ts";
 
 /** The effects the broker asks for; the server carries them out. */
@@ -389,6 +392,16 @@ export class Broker<H> {
     const from = call[1];
     const to = call[2];
     const sender = this.#members.get(from);
+    const target = this.#members.get(to);
+    // Every held global ident is a valid one: names are checked only on a miss.
+    if (sender === undefined && globalColon(from) < 0) {
+      this.#fail(conn, "signal", "bad-args", SIGNAL_FROM);
+      return;
+    }
+    if (target === undefined && globalColon(to) < 0) {
+      this.#fail(conn, "signal", "bad-args", SIGNAL_TO);
+      return;
+    }
     if (sender === undefined || sender.conn !== conn) {
       this.#fail(conn, "signal", "not-owner", `${from} is not held by this connection`);
       return;
@@ -398,7 +411,6 @@ export class Broker<H> {
       this.#fail(conn, "signal", "cross-room", `${to} is not in room ${room}`);
       return;
     }
-    const target = this.#members.get(to);
     if (target === undefined) {
       this.#fail(conn, "signal", "unknown-peer", `${to} is not held by anyone`);
       return;

@@ -95,6 +95,11 @@ const BAD_FRAME = fault(
   "frame must be a non-empty JSON array whose first element is a string",
 );
 
+/** The `bad-args` detail for a `from` that is not a valid global ident. */
+export const SIGNAL_FROM = "from is not a valid global ident";
+/** The `bad-args` detail for a `to` that is not a valid global ident. */
+export const SIGNAL_TO = "to is not a valid global ident";
+
 function badArgs(call: CallName, detail: string): Fault {
   return fault(call, "bad-args", detail);
 }
@@ -134,8 +139,11 @@ export function decode(frame: string | Uint8Array): Call | Fault {
   switch (v[0]) {
     case "signal":
       if (n !== 4) return badArgs("signal", 'expected ["signal", from, to, data]');
-      if (globalColon(v[1]) < 0) return badArgs("signal", "from is not a valid global ident");
-      if (globalColon(v[2]) < 0) return badArgs("signal", "to is not a valid global ident");
+      // The naming rules of from and to are left to the broker: a global ident
+      // found in its index is valid, so it checks names only when a lookup
+      // misses, and the hot path skips two character scans.
+      if (typeof v[1] !== "string") return badArgs("signal", SIGNAL_FROM);
+      if (typeof v[2] !== "string") return badArgs("signal", SIGNAL_TO);
       return v as unknown as Call;
     case "join":
       if (n === 3) {
@@ -174,12 +182,38 @@ export function decode(frame: string | Uint8Array): Call | Fault {
 export function encodeSignal(raw: string | Uint8Array, call: Call & { 0: "signal" }): string {
   const from = call[1];
   const to = call[2];
-  // A binary frame only gets here after it decoded, so this cannot throw.
-  const data = rawSignalData(typeof raw === "string" ? raw : utf8.decode(raw));
   if (isJsonPlain(from) && isJsonPlain(to)) {
+    if (typeof raw === "string") {
+      // The compact layout every client library sends: `data` starts right
+      // after a known prefix, so no scan is needed.
+      const start = compactDataStart(raw, from, to);
+      if (start > 0) return '["signal","' + to + '","' + from + '",' + raw.slice(start);
+    }
+    // A binary frame only gets here after it decoded, so this cannot throw.
+    const data = rawSignalData(typeof raw === "string" ? raw : utf8.decode(raw));
     return '["signal","' + to + '","' + from + '",' + data + "]";
   }
+  const data = rawSignalData(typeof raw === "string" ? raw : utf8.decode(raw));
   return '["signal",' + JSON.stringify(to) + "," + JSON.stringify(from) + "," + data + "]";
+}
+
+/**
+ * Where `data` starts in a frame laid out exactly as
+ * `["signal","<from>","<to>",<data>]` (ending in `]`), or 0 for any other
+ * layout. Names free of `"` and `\` are their own JSON text, and the frame
+ * already parsed as that call, so matching the prefix is enough.
+ */
+function compactDataStart(raw: string, from: string, to: string): number {
+  if (raw.charCodeAt(raw.length - 1) !== 0x5d || !raw.startsWith('["signal","')) return 0;
+  let i = 11;
+  if (!raw.startsWith(from, i)) return 0;
+  i += from.length;
+  if (!raw.startsWith('","', i)) return 0;
+  i += 3;
+  if (!raw.startsWith(to, i)) return 0;
+  i += to.length;
+  if (!raw.startsWith('",', i)) return 0;
+  return i + 2;
 }
 
 /** True for the four whitespace characters JSON allows between tokens. */
@@ -220,11 +254,14 @@ export function encodeIdent(id: string): string {
 
 /** `["join", globalIdent]`. */
 export function encodeJoin(g: string): string {
-  return JSON.stringify(["join", g]);
+  return isJsonPlain(g) ? '["join","' + g + '"]' : JSON.stringify(["join", g]);
 }
 
 /** `["stun", own, peer, initiator]`: announces a new pair to one side. */
 export function encodeStun(own: string, peer: string, initiator: boolean): string {
+  if (isJsonPlain(own) && isJsonPlain(peer)) {
+    return '["stun","' + own + '","' + peer + (initiator ? '",true]' : '",false]');
+  }
   return JSON.stringify(["stun", own, peer, initiator]);
 }
 
@@ -235,6 +272,7 @@ export function encodeLeave(g: string): string {
 
 /** `["bye", own, gone]`: tells a remaining member that a peer left. */
 export function encodeBye(own: string, gone: string): string {
+  if (isJsonPlain(own) && isJsonPlain(gone)) return '["bye","' + own + '","' + gone + '"]';
   return JSON.stringify(["bye", own, gone]);
 }
 
