@@ -31,12 +31,16 @@ Deno.test({
       pages.push(b);
       await Promise.all([a.waitForOpenPeers([b.self]), b.waitForOpenPeers([a.self])]);
 
-      // The pair runs over loopback host candidates: nothing else was offered.
+      // The pair targets loopback: no other remote address was let in. (The
+      // remote may also be learnt from its checks, as peer-reflexive, when a
+      // check overtakes the signalled candidate; Chrome hides that address.)
       for (const [p, q] of [[a, b], [b, a]]) {
         const pair = await p.selectedPair(q.self);
         assert.ok(pair !== undefined, "a selected candidate pair");
-        assert.equal(pair.remote, "host");
-        assert.match(pair.remoteAddress, /^(127\.|::1$)/);
+        if (pair.remote !== "prflx") {
+          assert.equal(pair.remote, "host");
+          assert.match(pair.remoteAddress, /^(127\.|::1$)/);
+        }
       }
 
       assert.equal(await a.send(b.self, "hello bob"), true);
