@@ -4,20 +4,18 @@
  * in a generator Worker (see `worker.ts`); the driver in `main.ts` merges the
  * results of all shards.
  *
+ * The clients take the same steps against the server and against the bare
+ * relay (`bare_relay.ts`), which sends the same `ident`, `join` and `stun`
+ * frames; only relayed signals differ (the bare relay does not swap the
+ * idents), and the generator reads nothing of a signal but its sequence
+ * number and send time.
+ *
  * Every wait here is bounded by a deadline and every loop by a count.
  *
  * @module
  */
 
 import { Histogram } from "./stats.ts";
-
-/**
- * What the target speaks: `signal` is the DIVA protocol (ident, join with
- * `stun` announcements, relayed signals with swapped idents); `bare` is the
- * bare relay's minimal variant (join is acknowledged only, signals are
- * forwarded unchanged).
- */
-export type Kind = "signal" | "bare";
 
 /** Absolute milliseconds, comparable across Workers of one process. */
 export function clock(): number {
@@ -44,13 +42,13 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
- * Opens `n` WebSockets to `url` with at most `concurrency` handshakes in
+ * Opens `n` WebSockets, the `i`th to `url(i)`, with at most `concurrency` handshakes in
  * flight (a storm of unbounded SYNs would overflow the listen backlog and
  * measure TCP retransmission timers instead of the server). `onOpen` runs
  * as each one opens. Fails on the first socket that errors before opening.
  */
 async function connectMany(
-  url: string,
+  url: (i: number) => string,
   n: number,
   concurrency: number,
   onOpen: (i: number, ws: WebSocket) => void,
@@ -62,7 +60,7 @@ async function connectMany(
   const launch = () => {
     if (next >= n) return;
     const i = next++;
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(url(i));
     sockets[i] = ws;
     let isOpen = false;
     ws.onopen = () => {
@@ -114,10 +112,13 @@ export function nonce(): string {
 
 /** Parameters of a relay shard. */
 export interface RelayParams {
-  /** WebSocket URL of the target. */
+  /** WebSocket URL of the target; the first peer of each pair connects here. */
   url: string;
-  /** What the target speaks. */
-  kind: Kind;
+  /**
+   * Where the second peer of each pair connects (another instance of a
+   * cluster); {@link url} when absent.
+   */
+  partnerUrl?: string;
   /** Room name prefix shared by the whole run. */
   nonce: string;
   /** Index of this shard's first pair (pairs are numbered across shards). */
@@ -161,7 +162,7 @@ interface Peer {
   /** Send times of the signals in flight to the partner, by sequence number. */
   sentAt: Float64Array;
   delivered: number;
-  /** Frames still expected before the peer is ready (join, and stun for `signal`). */
+  /** Frames still expected before the peer is ready (its join, then its stun). */
   waiting: number;
 }
 
@@ -218,11 +219,14 @@ export class RelayShard {
       for (const x of [a, b]) {
         x.prefix = `["signal","${x.own}","${x.partner.own}",${data},"s":`;
         // The later joiner gets one stun, and so does the earlier one.
-        x.waiting = p.kind === "signal" ? 2 : 1;
+        x.waiting = 2;
       }
       this.#peers.push(a, b);
     }
-    const work = connectMany(p.url, n, p.concurrency, (i, ws) => {
+    const partnerUrl = p.partnerUrl ?? p.url;
+    // Peers alternate a, b: every odd one is a pair's second end.
+    const url = (i: number) => (i % 2 === 0 ? p.url : partnerUrl);
+    const work = connectMany(url, n, p.concurrency, (i, ws) => {
       const peer = this.#peers[i];
       peer.ws = ws;
       ws.onmessage = (e) => this.#onMessage(peer, e.data as string);
@@ -329,8 +333,6 @@ export class RelayShard {
 export interface JoinParams {
   /** WebSocket URL of the target. */
   url: string;
-  /** What the target speaks. */
-  kind: Kind;
   /** Room name prefix shared by the whole run. */
   nonce: string;
   /** Workload name, part of the room names. */
@@ -343,7 +345,7 @@ export interface JoinParams {
   totalClients: number;
   /** Members per room. */
   roomSize: number;
-  /** Take an ident with `["ident"]` before joining (`signal` targets only). */
+  /** Take an ident with `["ident"]` before joining (else join as `c<i>`). */
   useIdent: boolean;
   /** Handshakes in flight at once. */
   concurrency: number;
@@ -355,7 +357,7 @@ export interface JoinParams {
 export interface JoinResult {
   /** {@link clock} time the last client's socket opened. */
   openedAt: number;
-  /** {@link clock} time the last expected `stun` (or join ack) arrived. */
+  /** {@link clock} time the last expected `stun` (or join reply) arrived. */
   readyAt: number;
   /** `stun` frames received. */
   stuns: number;
@@ -386,13 +388,13 @@ export class JoinShard {
     let readyAt = 0;
     const ready = Promise.withResolvers<void>();
     if (notReady === 0) ready.resolve();
-    const work = connectMany(p.url, p.clients, p.concurrency, (local, ws) => {
+    const work = connectMany(() => p.url, p.clients, p.concurrency, (local, ws) => {
       const i = p.firstClient + local;
       const r = Math.floor(i / p.roomSize);
       const room = `bench-${p.nonce}-${p.tag}${r}`;
       const members = Math.min(p.roomSize, p.totalClients - r * p.roomSize);
-      // Every pair in a room is announced to both sides once: members − 1 stuns each.
-      let waiting = 1 + (p.kind === "signal" ? members - 1 : 0);
+      // The join reply, then members − 1 stuns: every pair is announced to both sides once.
+      let waiting = members;
       const done = () => {
         if (--waiting === 0 && --notReady === 0) {
           readyAt = clock();
@@ -412,7 +414,7 @@ export class JoinShard {
           console.error(`client ${i} got ${d}`);
         }
       };
-      if (p.useIdent && p.kind === "signal") ws.send('["ident"]');
+      if (p.useIdent) ws.send('["ident"]');
       else ws.send(JSON.stringify(["join", `c${i}`, room]));
     });
     const all = within(

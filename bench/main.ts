@@ -320,15 +320,44 @@ interface Run {
   runNonce: string;
 }
 
-async function relay(run: Run, pairs: number): Promise<Line> {
-  const { s, target } = run;
+/** A process whose CPU time a relay run reads, named for the output. */
+interface Watched {
+  name: string;
+  pid: number | undefined;
+}
+
+/** Where a relay run's peers connect and which processes it watches. */
+interface RelaySpot {
+  /** The first peer of each pair connects here. */
+  url: string;
+  /** The second peer of each pair connects here (default: {@link url}). */
+  partnerUrl?: string;
+  /** Room prefix, unique per run. */
+  nonce: string;
+  /** Processes whose CPU share is read over the measured window. */
+  watch: Watched[];
+}
+
+/** A relay run's figures; `cpu` holds each watched process's share of one core. */
+interface RelayFigures {
+  seconds: number;
+  total: number;
+  line: Line;
+  cpu: Record<string, number | null>;
+  /** CPU seconds of each watched process over the window. */
+  cpuSeconds: Record<string, number | undefined>;
+  workers: number;
+}
+
+/** Runs the relay workload with `pairs` pairs at `spot` and measures one window. */
+async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promise<RelayFigures> {
   const workers = Math.min(s.genWorkers, pairs);
   const specs: ShardSpec[] = split(pairs, workers).map(([first, count]) => ({
     type: "relay",
     params: {
-      url: target.url,
-      kind: target.kind,
-      nonce: `${run.runNonce}r${pairs}`,
+      url: spot.url,
+      partnerUrl: spot.partnerUrl,
+      nonce: spot.nonce,
       firstPair: first,
       pairs: count,
       window: s.window,
@@ -344,12 +373,12 @@ async function relay(run: Run, pairs: number): Promise<Line> {
     await sleep(s.warmup);
     await all(hs, "beginWindow");
     const t0 = clock();
-    const srv0 = cpuSeconds(target.pid);
+    const before = spot.watch.map((w) => cpuSeconds(w.pid));
     const gen0 = cpuSeconds("self");
     await sleep(s.duration);
     const windows: RelayWindow[] = await all(hs, "endWindow");
     const t1 = clock();
-    const srv1 = cpuSeconds(target.pid);
+    const after = spot.watch.map((w) => cpuSeconds(w.pid));
     const gen1 = cpuSeconds("self");
     const seconds = (t1 - t0) / 1000;
     const hist = new Histogram();
@@ -365,37 +394,67 @@ async function relay(run: Run, pairs: number): Promise<Line> {
       errors += w.errors;
     }
     const total = delivered.reduce((a, b) => a + b, 0);
-    const serverCpu = srv0 === undefined || srv1 === undefined ? undefined : srv1 - srv0;
+    const cpu: Record<string, number | null> = {};
+    const used: Record<string, number | undefined> = {};
+    spot.watch.forEach((w, i) => {
+      cpu[w.name] = cpuShare(before[i], after[i], seconds);
+      const a = before[i];
+      const b = after[i];
+      used[w.name] = a === undefined || b === undefined ? undefined : b - a;
+    });
+    cpu.generator = cpuShare(gen0, gen1, seconds);
     return {
-      bench: "relay",
-      target: target.name,
-      pairs,
-      window: s.window,
-      data_bytes: s.bytes,
-      duration_s: sig(seconds),
-      delivered: total,
-      msgs_per_s: sig(total / seconds),
-      latency_ms: {
-        p50: sig(hist.quantile(0.5) / 1000, 3),
-        p99: sig(hist.quantile(0.99) / 1000, 3),
-        max: sig(hist.max / 1000, 3),
+      seconds,
+      total,
+      cpu,
+      cpuSeconds: used,
+      workers: hs.length,
+      line: {
+        pairs,
+        window: s.window,
+        data_bytes: s.bytes,
+        duration_s: sig(seconds),
+        delivered: total,
+        msgs_per_s: sig(total / seconds),
+        latency_ms: {
+          p50: sig(hist.quantile(0.5) / 1000, 3),
+          p99: sig(hist.quantile(0.99) / 1000, 3),
+          max: sig(hist.max / 1000, 3),
+        },
+        longest_wait_ms: sig(Math.max(hist.max / 1000, oldest), 3),
+        fairness: sig(jain(delivered), 4),
+        per_peer: spread(delivered),
+        out_of_order: outOfOrder,
+        errors,
       },
-      longest_wait_ms: sig(Math.max(hist.max / 1000, oldest), 3),
-      fairness: sig(jain(delivered), 4),
-      per_peer: spread(delivered),
-      out_of_order: outOfOrder,
-      errors,
-      server_cpu: cpuShare(srv0, srv1, seconds),
-      gen_cpu: cpuShare(gen0, gen1, seconds),
-      server_cpu_us_per_msg: serverCpu === undefined || total === 0
-        ? null
-        : sig((serverCpu * 1e6) / total, 3),
-      server_rss_bytes: rssBytes(target.pid) ?? null,
-      gen_workers: hs.length,
     };
   } finally {
     await closeShards(hs);
   }
+}
+
+/** CPU µs per delivered signal, or null when unknown. */
+function usPerMsg(cpuSecs: number | undefined, total: number): number | null {
+  return cpuSecs === undefined || total === 0 ? null : sig((cpuSecs * 1e6) / total, 3);
+}
+
+async function relay(run: Run, pairs: number): Promise<Line> {
+  const { s, target } = run;
+  const r = await measureRelay(s, {
+    url: target.url,
+    nonce: `${run.runNonce}r${pairs}`,
+    watch: [{ name: "server", pid: target.pid }],
+  }, pairs);
+  return {
+    bench: "relay",
+    target: target.name,
+    ...r.line,
+    server_cpu: r.cpu.server,
+    gen_cpu: r.cpu.generator,
+    server_cpu_us_per_msg: usPerMsg(r.cpuSeconds.server, r.total),
+    server_rss_bytes: rssBytes(target.pid) ?? null,
+    gen_workers: r.workers,
+  };
 }
 
 function relaySummary(l: Line): string {
@@ -427,7 +486,6 @@ async function joinRun(
     type: "join",
     params: {
       url: target.url,
-      kind: target.kind,
       nonce: run.runNonce,
       tag,
       firstClient: first,
@@ -463,15 +521,14 @@ async function joinStorm(run: Run): Promise<Line> {
     const stuns = results.reduce((a, r) => a + r.stuns, 0);
     const full = Math.floor(n / s.roomSize);
     const rest = n - full * s.roomSize;
-    const expected = target.kind === "signal"
-      ? full * s.roomSize * (s.roomSize - 1) + rest * Math.max(0, rest - 1)
-      : 0;
+    // The same for the bound: it announces every pair the way the server does.
+    const expected = full * s.roomSize * (s.roomSize - 1) + rest * Math.max(0, rest - 1);
     return {
       bench: "join",
       target: target.name,
       clients: n,
       room_size: s.roomSize,
-      join: target.kind === "signal" ? "ident+join, all stuns" : "bare join, ack",
+      join: "ident+join, all stuns",
       connect_s: sig(opened / 1000),
       total_s: sig(ready / 1000),
       connections_per_s: sig(n / (opened / 1000)),

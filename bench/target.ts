@@ -1,12 +1,11 @@
 /**
- * The processes under test: the project's server and the bare relay, each
- * started as a separate process (pinned to its own core when possible) so
- * its memory and CPU time can be read from `/proc/<pid>`.
+ * The processes under test: the project's server, the bare relay and, for
+ * cluster mode, a `redis-server`, each started as a separate process (pinned
+ * to a core when possible) so its memory and CPU time can be read from
+ * `/proc/<pid>`.
  *
  * @module
  */
-
-import type { Kind } from "./load.ts";
 
 /** Which server a run measures. */
 export type TargetName = "server" | "bound";
@@ -15,8 +14,6 @@ export type TargetName = "server" | "bound";
 export interface Target {
   /** `server` is the project, `bound` the bare relay. */
   readonly name: TargetName;
-  /** What it speaks. */
-  readonly kind: Kind;
   /** Its WebSocket URL. */
   readonly url: string;
   /** Its process id, when known (needed for memory and CPU figures). */
@@ -33,6 +30,11 @@ export interface StartOptions {
   denoFlags: string[];
   /** Extra flags for the server itself (after {@link SERVER_FLAGS}, so they win). */
   serverFlags?: string[];
+  /**
+   * The HTTP path that answers 200 once the server can take clients
+   * (default `/healthz`; a cluster instance is ready at `/readyz`).
+   */
+  readyPath?: string;
 }
 
 const ROOT = new URL("../", import.meta.url);
@@ -51,10 +53,10 @@ export const SERVER_FLAGS: readonly string[] = [
   "2",
 ];
 
-/** Targets started and not yet stopped, so a signal can stop them all. */
+/** Processes started and not yet stopped, so a signal can stop them all. */
 const running = new Set<Deno.ChildProcess>();
 
-/** Kills every target still running (on SIGINT/SIGTERM of the benchmark). */
+/** Kills every process still running (on SIGINT/SIGTERM of the benchmark). */
 export function killAll(): void {
   for (const child of running) {
     try {
@@ -126,7 +128,7 @@ export async function wrapped(argv: string[], cpus: string): Promise<string[]> {
   return ["bash", "-c", raise, "bench", ...pinned];
 }
 
-/** A free loopback TCP port (closed again; the target binds it right after). */
+/** A free loopback TCP port (closed again; the process binds it right after). */
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
@@ -160,6 +162,35 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     stdout: "null",
     stderr: "inherit",
   }).spawn();
+  const proc = track(child);
+  // Ready once it answers HTTP; bounded, and failing fast if it exits.
+  const health = `http://127.0.0.1:${port}${
+    name === "server" ? options.readyPath ?? "/healthz" : "/"
+  }`;
+  const until = Date.now() + 30_000;
+  for (let attempt = 0; attempt < 600; attempt++) {
+    if (proc.exited()) {
+      throw new Error(`${name} exited before it was ready: ${JSON.stringify(await child.status)}`);
+    }
+    try {
+      const res = await fetch(health, { signal: AbortSignal.timeout(5000) });
+      await res.body?.cancel();
+      if (res.ok) return { name, url: `ws://127.0.0.1:${port}/`, pid: child.pid, stop: proc.stop };
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > until) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await proc.stop();
+  throw new Error(`${name} did not answer ${health} within 30 s`);
+}
+
+/**
+ * Registers `child` for {@link killAll} and gives it a bounded stop:
+ * SIGTERM, then SIGKILL after 10 s.
+ */
+function track(child: Deno.ChildProcess): { exited(): boolean; stop(): Promise<void> } {
   running.add(child);
   let exited = false;
   const status = child.status.then((s) => {
@@ -186,38 +217,107 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     }
     clearTimeout(timer);
   };
-  // Ready once it answers HTTP; bounded, and failing fast if it exits.
-  const health = `http://127.0.0.1:${port}${name === "server" ? "/healthz" : "/"}`;
-  const until = Date.now() + 30_000;
-  for (let attempt = 0; attempt < 600; attempt++) {
-    if (exited) {
-      throw new Error(`${name} exited before it was ready: ${JSON.stringify(await status)}`);
-    }
-    try {
-      const res = await fetch(health);
-      await res.body?.cancel();
-      if (res.ok) {
-        return {
-          name,
-          kind: name === "server" ? "signal" : "bare",
-          url: `ws://127.0.0.1:${port}/`,
-          pid: child.pid,
-          stop,
-        };
-      }
-    } catch {
-      // not listening yet
+  return { exited: () => exited, stop };
+}
+
+/** A `redis-server` started by the benchmark. */
+export interface RedisProcess {
+  /** `redis://127.0.0.1:<port>`. */
+  readonly url: string;
+  /** Its process id (for CPU and memory figures). */
+  readonly pid: number;
+  /** `redis-server --version`, first line. */
+  readonly version: string;
+  /** Stops it and removes its temporary directory. */
+  stop(): Promise<void>;
+}
+
+/** The `redis-server --version` line, or undefined when it is not installed. */
+export async function redisVersion(): Promise<string | undefined> {
+  try {
+    const out = await new Deno.Command("redis-server", {
+      args: ["--version"],
+      stdout: "piped",
+      stderr: "null",
+      signal: AbortSignal.timeout(10_000),
+    }).output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Starts `redis-server` on a free loopback port, pinned to `cpus`, without
+ * persistence and in a temporary directory; ready once it answers PING.
+ */
+export async function startRedis(cpus: string): Promise<RedisProcess> {
+  const version = await redisVersion();
+  if (version === undefined) throw new Error("redis-server is not installed");
+  const port = freePort();
+  const dir = await Deno.makeTempDir({ prefix: "bench-redis-" });
+  const argv = await wrapped([
+    "redis-server",
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    dir,
+  ], cpus);
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  const proc = track(child);
+  const stop = async () => {
+    await proc.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  const until = Date.now() + 10_000;
+  while (!proc.exited()) {
+    if (await pong(port)) {
+      return { url: `redis://127.0.0.1:${port}`, pid: child.pid, version, stop };
     }
     if (Date.now() > until) break;
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 25));
   }
+  const why = proc.exited() ? `exited: ${JSON.stringify(await child.status)}` : "no PONG in 10 s";
   await stop();
-  throw new Error(`${name} did not answer ${health} within 30 s`);
+  throw new Error(`redis-server on port ${port} did not start (${why})`);
+}
+
+/** True when a Redis on `port` answers an inline PING within a second. */
+async function pong(port: number): Promise<boolean> {
+  let conn: Deno.TcpConn | undefined;
+  const timer = setTimeout(() => conn?.close(), 1000);
+  try {
+    conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(new TextEncoder().encode("PING\r\n"));
+    const buf = new Uint8Array(64);
+    const n = await conn.read(buf);
+    return n !== null && new TextDecoder().decode(buf.subarray(0, n)).startsWith("+PONG");
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn?.close();
+    } catch {
+      // closed by the timer
+    }
+  }
 }
 
 /** A server this benchmark did not start, at `url` (process id optional, for /proc figures). */
 export function externalTarget(url: string, pid: number | undefined): Target {
-  return { name: "server", kind: "signal", url, pid, stop: () => Promise.resolve() };
+  return { name: "server", url, pid, stop: () => Promise.resolve() };
 }
 
 const CLK_TCK = 100; // USER_HZ: 100 on every Linux architecture Deno runs on
