@@ -254,7 +254,14 @@ export class Cluster<H> implements Directory<H> {
       r.on("close", () => this.#down());
       r.on("ready", () => this.#up());
     }
-    this.#sub.on("message", (channel: string, message: string) => this.#message(channel, message));
+    this.#sub.on("message", (channel: string, message: string) => {
+      try {
+        this.#message(channel, message);
+      } catch (e) {
+        // One bad event must not take the instance down.
+        this.#log.error("cluster event failed: {error}", { error: (e as Error).stack ?? e });
+      }
+    });
   }
 
   /** True while Redis is reachable and this instance is registered. */

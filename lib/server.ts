@@ -48,6 +48,7 @@ interface ServerCounters {
   origin_refused: number;
   slow_reader_closed: number;
   upgrade_refused: number;
+  internal_errors: number;
 }
 
 /**
@@ -76,7 +77,12 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   const started = performance.now();
   /** Open sockets and their broker connections. */
   const sockets = new Map<WebSocket, Connection<WebSocket>>();
-  const counters: ServerCounters = { origin_refused: 0, slow_reader_closed: 0, upgrade_refused: 0 };
+  const counters: ServerCounters = {
+    origin_refused: 0,
+    slow_reader_closed: 0,
+    upgrade_refused: 0,
+    internal_errors: 0,
+  };
   const allowed = new Set(config.allowedOrigins);
   let stopping = false;
   /** Called when the last socket has closed during a shutdown. */
@@ -131,6 +137,17 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     }).then(() => {
       if (--queue.size === 0) behindIce.delete(ws);
     });
+  }
+
+  function internalError(ws: WebSocket, conn: Connection<WebSocket>, err: unknown): void {
+    counters.internal_errors++;
+    log.error("internal error, closing the connection: {error}", {
+      error: err instanceof Error ? err.stack ?? err.message : String(err),
+    });
+    try {
+      broker.close(conn);
+    } catch { /* already reported */ }
+    closeSocket(ws, CloseCode.internal, "internal error");
   }
 
   const outbox: Outbox<WebSocket> = {
@@ -200,7 +217,13 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     socket.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
       if (conn === undefined) return;
       const d = e.data;
-      broker.frame(conn, typeof d === "string" ? d : new Uint8Array(d));
+      try {
+        broker.frame(conn, typeof d === "string" ? d : new Uint8Array(d));
+      } catch (err) {
+        // A bug must cost one connection, never the process (an exception
+        // escaping an event handler would end it).
+        internalError(socket, conn, err);
+      }
     };
     socket.onclose = () => {
       clearTimeout(overLimit.get(socket));

@@ -624,3 +624,32 @@ Deno.test("--idle-timeout 1: a peer that never answers pings is dropped and its 
     await a.close();
   }
 });
+
+Deno.test("a bug in the broker costs one connection (1011), never the process", async () => {
+  await using t = serve();
+  const peer = await joined(t, "peer", "r");
+  const victim = await joined(t, "victim", "r");
+  try {
+    await peer.next(); // stun for victim
+    await victim.next(); // stun for peer
+    // Break the broker for one frame, as a bug would.
+    const broker = t.server.broker;
+    const frame = broker.frame.bind(broker);
+    broker.frame = (conn, data) => {
+      if (typeof data === "string" && data.includes("boom")) throw new Error("boom");
+      frame(conn, data);
+    };
+    victim.send(["ping", "boom"]);
+    assert.equal((await victim.closed()).code, 1011);
+    // Its idents are gone, its peer was told, and everyone else is served.
+    assert.deepEqual(await peer.next(), ["bye", "r:peer", "r:victim"]);
+    peer.send(["ping"]);
+    assert.deepEqual(await peer.next(), ["pong"]);
+    assert.equal((await get(`${t.http}/healthz`)).status, 200);
+    const m = await metrics(t);
+    assert.equal(metric(m, "signal_internal_errors_total"), 1);
+  } finally {
+    await peer.close();
+    await victim.close();
+  }
+});
