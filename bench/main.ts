@@ -7,6 +7,7 @@
  * deno task bench                 # every workload, default sizes (a few minutes)
  * deno task bench --quick         # tiny sizes, seconds
  * deno task bench --only relay --pairs 50 --duration 20
+ * deno task bench --only cluster,relay --pairs 50   # two instances on one Redis
  * deno task bench --url ws://127.0.0.1:3903/ --server-pid 1234 --targets server
  * ```
  *
@@ -36,8 +37,10 @@ import {
   killAll,
   onlineCpus,
   openFileLimit,
+  redisVersion,
   rssBytes,
   SERVER_FLAGS,
+  startRedis,
   startTarget,
   type Target,
   type TargetName,
@@ -51,12 +54,18 @@ Workloads (--only, comma-separated; default all):
   relay   pairs of peers in rooms of two, each keeping --window signals in flight
   join    join storm: --clients clients take an ident and join rooms of --room-size
   idle    --idle-clients clients joined in rooms of --idle-room-size, then idle: memory
+  cluster a redis-server and two server instances on it (started here, whatever --url
+          says); the relay with --cluster-pairs pairs whose ends sit on different
+          instances ("cross"), then on one instance ("same"); compared with the
+          single-instance relay at the same P when that ran too. In the default set
+          only when redis-server is installed.
 
 Targets (--targets, default bound,server): "server" is the project (started here, or
 --url), "bound" the bare relay in bench/bare_relay.ts; the server's figures are also
 given as ratios of the bound measured in the same run.
 
   --pairs LIST          relay pair counts, one run each (default 50,500)
+  --cluster-pairs N     cluster relay pairs (default 50)
   --window N            signals each peer keeps in flight (default 16)
   --bytes N             approximate JSON size of each signal's data (default 300)
   --warmup S            relay warm-up seconds (default 2)
@@ -68,20 +77,22 @@ given as ratios of the bound measured in the same run.
   --settle S            seconds idle before memory is read (default 2)
   --concurrency N       WebSocket handshakes in flight at once (default 256)
   --gen-workers N       generator Worker threads (default 1; more only helps with spare cores)
-  --server-cpus LIST    taskset CPUs for the target (default 0 on a machine with 2+ CPUs)
-  --gen-cpus LIST       taskset CPUs for the generator (default 1, or 1-(n-1))
+  --server-cpus LIST    taskset CPUs for the target and the cluster's instances (default 0
+                        on a machine with 2+ CPUs)
+  --gen-cpus LIST       taskset CPUs for the generator and redis-server (default 1, or 1-(n-1))
   --pin auto|off        pin processes to CPUs when taskset works (default auto)
   --url URL             measure a running server instead of starting one
   --server-pid PID      its process id, for memory and CPU figures
   --server-flags "…"    extra flags for the started server (e.g. "--idle-timeout 0")
   --profile DIR         run the server with --cpu-prof into DIR (see bench/profile_summary.ts)
-  --quick               tiny sizes (pairs 2,4; window 2; 1 s; 20 clients)
+  --quick               tiny sizes (pairs 2,4; cluster pairs 2; window 2; 1 s; 20 clients)
   --help                this text`;
 
 const OPTIONS = {
-  only: { type: "string", default: "relay,join,idle" },
+  only: { type: "string" },
   targets: { type: "string", default: "bound,server" },
   pairs: { type: "string" },
+  "cluster-pairs": { type: "string" },
   window: { type: "string" },
   bytes: { type: "string" },
   warmup: { type: "string" },
@@ -107,11 +118,19 @@ const OPTIONS = {
 /** Set in the re-executed (pinned) generator so it does not re-execute again. */
 const PINNED_ENV = "BENCH_GENERATOR_PINNED";
 
+/** Every workload, in the order they run (cluster last, to compare with the relay). */
+const WORKLOADS = ["relay", "join", "idle", "cluster"];
+
 /** The benchmark's settings after defaults. */
 interface Settings {
   only: Set<string>;
+  /** Why the cluster workload is left out of the default set, if it is. */
+  clusterSkipped: string | undefined;
+  /** `redis-server --version`, when installed. */
+  redisVersion: string | undefined;
   targets: TargetName[];
   pairs: number[];
+  clusterPairs: number;
   window: number;
   bytes: number;
   warmup: number;
@@ -151,11 +170,21 @@ function int(text: string | undefined, fallback: number, name: string, min = 1):
 
 async function settings(values: ReturnType<typeof parse>["values"]): Promise<Settings> {
   const q = values.quick;
-  const only = new Set(values.only.split(",").map((s) => s.trim()).filter((s) => s !== ""));
+  const only = new Set(
+    (values.only ?? WORKLOADS.join(",")).split(",").map((s) => s.trim()).filter((s) => s !== ""),
+  );
   for (const w of only) {
-    if (!["relay", "join", "idle"].includes(w)) {
-      throw new UsageError(`--only: unknown workload "${w}"`);
+    if (!WORKLOADS.includes(w)) throw new UsageError(`--only: unknown workload "${w}"`);
+  }
+  const redis = only.has("cluster") ? await redisVersion() : undefined;
+  let clusterSkipped: string | undefined;
+  if (only.has("cluster") && redis === undefined) {
+    if (values.only !== undefined) {
+      throw new UsageError("--only cluster: redis-server is not installed (or does not run)");
     }
+    // The default set still runs everywhere; the skip is reported, not silent.
+    only.delete("cluster");
+    clusterSkipped = "redis-server is not installed";
   }
   const targets = values.targets.split(",").map((s) => s.trim()).filter((s) => s !== "");
   for (const t of targets) {
@@ -171,8 +200,11 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
   if (values.pin !== "auto" && values.pin !== "off") throw new UsageError(`--pin: auto or off`);
   return {
     only,
+    clusterSkipped,
+    redisVersion: redis,
     targets: targets as TargetName[],
     pairs,
+    clusterPairs: int(values["cluster-pairs"], q ? 2 : 50, "cluster-pairs"),
     window: int(values.window, q ? 2 : 16, "window"),
     bytes: int(values.bytes, 300, "bytes", 0),
     warmup: num(values.warmup, q ? 0.3 : 2, "warmup"),
@@ -602,6 +634,120 @@ function idleSummary(l: Line): string {
     (v ? ` | vs bound: ${v.bytes_per_conn}× bytes/conn` : "");
 }
 
+// ---------------------------------------------------------------- cluster
+
+/** Where the two ends of each cluster relay pair sit. */
+type Placement = "cross" | "same";
+
+/** Instances in the benchmark's cluster, all on one Redis. */
+const INSTANCES = 2;
+
+/**
+ * The cluster workload: a redis-server and {@link INSTANCES} server
+ * instances on it, then the relay with the two ends of each pair on
+ * different instances (every signal takes the Redis hop), then with both
+ * ends on instance 1 (no hop), each as one line. `singles` holds the
+ * single-instance relay lines of this invocation by pair count, for
+ * `vs_single`.
+ */
+async function cluster(s: Settings, runNonce: string, singles: Map<number, Line>): Promise<void> {
+  const pinning = {
+    instances: s.serverCpus || null,
+    redis: s.genCpus || null,
+    generator: s.genCpus || null,
+  };
+  const redis = await startRedis(s.genCpus);
+  const instances: Target[] = [];
+  try {
+    const denoFlags = s.profile !== undefined ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}`] : [];
+    for (let i = 0; i < INSTANCES; i++) {
+      instances.push(
+        await startTarget("server", {
+          cpus: s.serverCpus,
+          denoFlags,
+          serverFlags: ["--redis-url", redis.url, ...s.serverFlags],
+          readyPath: "/readyz",
+        }),
+      );
+    }
+    const watch = [
+      ...instances.map((t, i) => ({ name: `instance${i + 1}`, pid: t.pid })),
+      { name: "redis", pid: redis.pid },
+    ];
+    const pairs = s.clusterPairs;
+    for (const placement of ["cross", "same"] as Placement[]) {
+      const r = await measureRelay(s, {
+        url: instances[0].url,
+        partnerUrl: placement === "cross" ? instances[1].url : undefined,
+        nonce: `${runNonce}c${placement}${pairs}`,
+        watch,
+      }, pairs);
+      let instanceSecs: number | undefined = 0;
+      for (const t of watch.slice(0, INSTANCES)) {
+        const used = r.cpuSeconds[t.name];
+        instanceSecs = used === undefined || instanceSecs === undefined
+          ? undefined
+          : instanceSecs + used;
+      }
+      const line: Line = {
+        bench: "cluster",
+        placement,
+        instances: INSTANCES,
+        ...r.line,
+        cpu: r.cpu,
+        instances_cpu_us_per_msg: usPerMsg(instanceSecs, r.total),
+        redis_cpu_us_per_msg: usPerMsg(r.cpuSeconds.redis, r.total),
+        instance_rss_bytes: instances.map((t) => rssBytes(t.pid) ?? null),
+        redis_rss_bytes: rssBytes(redis.pid) ?? null,
+        pinning,
+        redis_version: redis.version,
+        gen_workers: r.workers,
+      };
+      const single = singles.get(pairs);
+      if (single !== undefined) {
+        const lat = line.latency_ms as Record<string, number>;
+        const slat = single.latency_ms as Record<string, number>;
+        line.vs_single = {
+          msgs_per_s: ratio(line.msgs_per_s, single.msgs_per_s),
+          latency_p50: ratio(lat.p50, slat.p50),
+          latency_p99: ratio(lat.p99, slat.p99),
+          cpu_us_per_msg: ratio(line.instances_cpu_us_per_msg, single.server_cpu_us_per_msg),
+          single_msgs_per_s: single.msgs_per_s,
+          single_latency_ms: single.latency_ms,
+        };
+      }
+      emit(line, clusterSummary(line));
+    }
+  } finally {
+    await Promise.all(instances.map((t) => t.stop()));
+    await redis.stop();
+  }
+}
+
+function clusterSummary(l: Line): string {
+  const lat = l.latency_ms as Record<string, number>;
+  const cpu = l.cpu as Record<string, number | null>;
+  const pin = l.pinning as Record<string, string | null>;
+  const v = l.vs_single as Record<string, unknown> | undefined;
+  const where = l.placement === "cross" ? "ends on different instances" : "ends on instance 1";
+  const slat = v?.single_latency_ms as Record<string, number> | undefined;
+  return `cluster ${l.placement} P=${l.pairs} W=${l.window} (${l.instances} instances on one Redis, ${where}): ${
+    grouped(l.msgs_per_s as number)
+  } msg/s, latency p50 ${lat.p50} ms p99 ${lat.p99} ms max ${lat.max} ms, longest wait ${l.longest_wait_ms} ms, fairness ${l.fairness}` +
+    `\n        cpu: ${
+      Object.entries(cpu).map(([k, x]) => `${k} ${x ?? "?"}`).join(", ")
+    } (instances on CPU [${pin.instances ?? "any"}], redis and generator on CPU [${
+      pin.redis ?? "any"
+    }]); instances ${l.instances_cpu_us_per_msg ?? "?"} µs/msg, redis ${
+      l.redis_cpu_us_per_msg ?? "?"
+    } µs/msg` +
+    (v && slat
+      ? `\n        single instance, same P: ${
+        grouped(v.single_msgs_per_s as number)
+      } msg/s, p50 ${slat.p50} ms p99 ${slat.p99} ms | vs single: ${v.msgs_per_s}× msg/s, ${v.latency_p50}× p50, ${v.latency_p99}× p99, ${v.cpu_us_per_msg}× instance µs/msg`
+      : "");
+}
+
 // ---------------------------------------------------------------- driver
 
 async function withTarget<T>(
@@ -641,6 +787,7 @@ async function bench(s: Settings): Promise<void> {
       loadavg: Deno.loadavg(),
       quick: s.quick,
       url: s.url ?? null,
+      redis: s.redisVersion ?? null,
     },
     `bench: ${onlineCpus()} CPUs, target on [${s.serverCpus || "any"}], generator on [${
       s.genCpus || "any"
@@ -670,6 +817,8 @@ async function bench(s: Settings): Promise<void> {
   if (s.only.has("idle")) {
     workloads.push(["idle", idle, ["bytes_per_conn"], idleSummary]);
   }
+  /** The single-instance server's relay lines by pair count, for the cluster's `vs_single`. */
+  const singles = new Map<number, Line>();
   for (const [, work, keys, summary] of workloads) {
     let bound: Line | undefined;
     for (const name of s.targets) {
@@ -686,9 +835,17 @@ async function bench(s: Settings): Promise<void> {
           }
           line.vs_bound = v;
         }
+        if (line.bench === "relay") singles.set(line.pairs as number, line);
       }
       emit(line, summary(line));
     }
+  }
+  if (s.only.has("cluster")) await cluster(s, runNonce, singles);
+  else if (s.clusterSkipped !== undefined) {
+    emit(
+      { bench: "cluster", skipped: s.clusterSkipped },
+      `cluster skipped: ${s.clusterSkipped}`,
+    );
   }
 }
 

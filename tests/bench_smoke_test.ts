@@ -1,14 +1,25 @@
 /**
  * Keeps the load benchmark from rotting: runs every workload with tiny sizes
- * against the real server and the bare relay, and checks that each JSON line
- * has its fields with sane values. No timing assertions: the numbers depend
- * on the machine.
+ * against the real server and the bare relay (and, for the cluster workload,
+ * a real redis-server with two server instances), and checks that each JSON
+ * line has its fields with sane values. No timing assertions: the numbers
+ * depend on the machine.
  */
 
 import assert from "node:assert/strict";
 import { Histogram, jain } from "../bench/stats.ts";
 
 const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
+
+const REDIS_MISSING = (() => {
+  try {
+    new Deno.Command("redis-server", { args: ["--version"], stdout: "null" }).outputSync();
+    return false;
+  } catch {
+    return true;
+  }
+})();
+const CI = Deno.env.get("CI") !== undefined && Deno.env.get("CI") !== "";
 
 type Line = Record<string, unknown>;
 
@@ -29,6 +40,10 @@ function obj(line: Line, key: string): Line {
 }
 
 Deno.test("bench --quick: every workload prints sane JSON lines for server and bound", async () => {
+  assert.ok(
+    !(REDIS_MISSING && CI),
+    "redis-server is not installed, and CI must run the cluster bench",
+  );
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "--quick"],
     stdin: "null",
@@ -107,6 +122,50 @@ Deno.test("bench --quick: every workload prints sane JSON lines for server and b
     assert.ok(num(l, "gen_rss_bytes") > 0);
     assert.equal(l.errors, 0);
   }
+
+  // Cluster: two instances on one real Redis; the relay across them, then within one.
+  const clusters = pick("cluster");
+  if (REDIS_MISSING) {
+    assert.equal(clusters.length, 1, stderr);
+    assert.match(String(clusters[0].skipped), /redis-server/, "the skip is reported");
+    return;
+  }
+  assert.deepEqual(clusters.map((l) => l.placement), ["cross", "same"], stderr);
+  for (const l of clusters) {
+    assert.equal(l.instances, 2);
+    assert.equal(l.pairs, 2, "--quick: 2 cluster pairs");
+    assert.ok(num(l, "delivered") > 0, `${l.placement}: signals were delivered`);
+    assert.ok(num(l, "msgs_per_s") > 0);
+    const lat = obj(l, "latency_ms");
+    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
+    assert.ok(num(lat, "p99") <= num(lat, "max"));
+    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
+    const f = num(l, "fairness");
+    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+    assert.equal(l.out_of_order, 0, `${l.placement}: each pair's signals arrive in order`);
+    assert.equal(l.errors, 0, `${l.placement}: no error frames (e.g. unavailable)`);
+    const cpu = obj(l, "cpu");
+    for (const k of ["instance1", "instance2", "redis", "generator"]) {
+      assert.ok(num(cpu, k) >= 0, `${l.placement}: cpu.${k}`);
+    }
+    const pin = obj(l, "pinning");
+    assert.deepEqual(Object.keys(pin).sort(), ["generator", "instances", "redis"]);
+    assert.match(String(l.redis_version), /Redis server v=/);
+    const rss = l.instance_rss_bytes as number[];
+    assert.equal(rss.length, 2);
+    for (const b of rss) assert.ok(b > 1024 * 1024, "both instances' memory is read from /proc");
+    assert.ok(num(l, "redis_rss_bytes") > 0);
+    const v = obj(l, "vs_single");
+    assert.ok(num(v, "msgs_per_s") > 0, "compared with the single-instance relay at P=2");
+    assert.equal(
+      v.single_msgs_per_s,
+      pick("relay", "server").find((r) => r.pairs === 2)?.msgs_per_s,
+    );
+  }
+  // Not a timing check: every cross signal goes through Redis and instance 2, so both burn CPU.
+  const [cross] = clusters;
+  assert.ok(num(obj(cross, "cpu"), "redis") > 0, "cross-instance signals pass through Redis");
+  assert.ok(num(obj(cross, "cpu"), "instance2") > 0, "the partners sit on instance 2");
 });
 
 Deno.test("bench histogram: quantiles within 2% of the exact ones, max exact, merge adds", () => {
