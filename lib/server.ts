@@ -152,8 +152,10 @@ export function startServer(config: Config, options: StartOptions): SignalServer
 
   const outbox: Outbox<WebSocket> = {
     send(ws, frame) {
-      if (ws !== answering && behindIce.has(ws)) afterIce(ws, () => deliver(ws, frame));
-      else deliver(ws, frame);
+      // The size test keeps the common case (no ice answer pending anywhere) to one compare.
+      if (behindIce.size !== 0 && ws !== answering && behindIce.has(ws)) {
+        afterIce(ws, () => deliver(ws, frame));
+      } else deliver(ws, frame);
     },
     close(ws, code, reason) {
       if (behindIce.has(ws)) afterIce(ws, () => closeSocket(ws, code, reason));
