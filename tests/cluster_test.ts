@@ -344,6 +344,9 @@ Deno.test(
         await take(c, 2);
         await redis.down();
         await waitForStatus(s2.port, "/readyz", 503);
+        // Relays within one instance go on without Redis.
+        b.send(["signal", "y:b", "y:c", { during: "outage" }]);
+        assert.deepEqual(await c.next(), ["signal", "y:c", "y:b", { during: "outage" }]);
         await c.close();
         // Same instance: told at once.
         assert.deepEqual(await b.next(), ["bye", "y:b", "y:c"]);
