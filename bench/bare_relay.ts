@@ -54,12 +54,35 @@ export interface BareRelay {
   shutdown(): Promise<void>;
 }
 
-/** Starts the bare relay on `host:port` (port 0 picks a free one). */
-export function startBareRelay(host: string, port: number): BareRelay {
+/**
+ * Starts the bare relay on `host:port` (port 0 picks a free one). With
+ * `readStats`, it prints to stderr once a second how many sockets it read
+ * from and how many it did not read at all (see README: Performance, the
+ * P=500 starvation).
+ */
+export function startBareRelay(host: string, port: number, readStats = false): BareRelay {
   const holders = new Map<string, WebSocket>();
   const rooms = new Map<string, Member[]>();
   const sockets = new Set<WebSocket>();
   const random = new Uint8Array(IDENT_LETTERS);
+  /** Frames read per socket since the last report (only with `readStats`). */
+  const reads: number[] = [];
+  const statsTimer = readStats
+    ? setInterval(() => {
+      let idle = 0, total = 0;
+      for (let i = 0; i < reads.length; i++) {
+        if (reads[i] === 0) idle++;
+        total += reads[i];
+        reads[i] = 0;
+      }
+      if (reads.length > 0) {
+        console.error(
+          `read stats: ${reads.length} sockets, ${reads.length - idle} read from, ` +
+            `${idle} not read at all, ${total} frames in 1 s`,
+        );
+      }
+    }, 1000)
+    : undefined;
 
   function ident(): string {
     crypto.getRandomValues(random);
@@ -92,7 +115,10 @@ export function startBareRelay(host: string, port: number): BareRelay {
     const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
     const held: Held[] = [];
     socket.onopen = () => sockets.add(socket);
+    const index = reads.length;
+    if (readStats) reads.push(0);
     socket.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
+      if (readStats) reads[index]++;
       const d = e.data;
       if (typeof d !== "string") return;
       if (d.startsWith(SIGNAL)) {
@@ -137,6 +163,7 @@ export function startBareRelay(host: string, port: number): BareRelay {
   return {
     port: (server.addr as Deno.NetAddr).port,
     async shutdown() {
+      clearInterval(statsTimer);
       for (const s of sockets) s.close(1001, "shutting down");
       await server.shutdown();
     },
@@ -149,10 +176,11 @@ if (import.meta.main) {
     options: {
       port: { type: "string", default: "0" },
       host: { type: "string", default: "127.0.0.1" },
+      "read-stats": { type: "boolean", default: false },
     },
     strict: true,
   });
-  const relay = startBareRelay(values.host, Number(values.port));
+  const relay = startBareRelay(values.host, Number(values.port), values["read-stats"]);
   const stop = () => relay.shutdown().then(() => Deno.exit(0));
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
