@@ -541,12 +541,22 @@ export class Cluster<H> implements Directory<H> {
   /** Every second: liveness, reaping dead instances, and noticing vanished ones. */
   async #tick(): Promise<void> {
     if (this.#stopped || this.#cmd.status !== "ready") return;
+    if (!this.#ready) {
+      // A recovery that failed while Redis stayed reachable is tried again.
+      this.#up();
+      return;
+    }
     try {
       const alive = await this.#cmd.sigHeartbeat(this.id, ALIVE_TTL_MS);
       // Our key had expired (a long pause, or Redis restarted): re-register.
       if (alive === 0 && this.#ready) {
         this.#setReady(false);
         this.#up();
+      }
+      // Leaves made while this instance was not ready (during a recovery,
+      // say) are owed to the cluster until they are made.
+      if (this.#ready && this.#unreleased.size > 0) {
+        await Promise.all([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
       }
       await this.#cmd.sigReap();
       await this.#audit();
