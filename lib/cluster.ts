@@ -165,6 +165,9 @@ interface Watch<H> {
 const HEARTBEAT_MS = 1000;
 const ALIVE_TTL_MS = 5000;
 const PRUNE_AFTER_MS = 3000;
+const COMMAND_TIMEOUT_MS = 2000;
+/** Heartbeats in a row that may fail before the link is deemed dead and reopened. */
+const MAX_MISSED_HEARTBEATS = 2;
 
 /** Settings of a cluster member. */
 export interface ClusterOptions {
@@ -226,6 +229,7 @@ export class Cluster<H> implements Directory<H> {
   #stopped = false;
   #timer: ReturnType<typeof setInterval> | undefined;
   #pruneTimer: ReturnType<typeof setTimeout> | undefined;
+  #missedHeartbeats = 0;
 
   /** A cluster link; nothing connects until {@link start}. */
   constructor(options: ClusterOptions) {
@@ -235,7 +239,13 @@ export class Cluster<H> implements Directory<H> {
       maxRetriesPerRequest: 1,
       retryStrategy: (n: number) => Math.min(100 * n, 1000),
     };
-    this.#cmd = new Redis(options.url, { ...common, enableOfflineQueue: false }) as
+    // A Redis that stops answering without closing the connection must not
+    // leave calls hanging: commands give up after COMMAND_TIMEOUT_MS.
+    this.#cmd = new Redis(options.url, {
+      ...common,
+      enableOfflineQueue: false,
+      commandTimeout: COMMAND_TIMEOUT_MS,
+    }) as
       & Redis
       & Scripts;
     this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
@@ -560,8 +570,18 @@ export class Cluster<H> implements Directory<H> {
       }
       await this.#cmd.sigReap();
       await this.#audit();
+      this.#missedHeartbeats = 0;
     } catch (e) {
       this.#log.debug("heartbeat failed: {error}", { error: (e as Error).message });
+      if (++this.#missedHeartbeats >= MAX_MISSED_HEARTBEATS && this.#ready) {
+        // Redis holds the connection open but answers nothing: stop taking
+        // new clients, and reconnect so a recovery follows once it answers.
+        this.#log.warn("redis does not answer; reconnecting");
+        this.#missedHeartbeats = 0;
+        this.#setReady(false);
+        this.#cmd.disconnect(true);
+        this.#sub.disconnect(true);
+      }
     }
   }
 

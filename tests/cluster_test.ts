@@ -362,3 +362,44 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "cluster: a Redis that stops answering — calls fail fast, readyz 503, then recovery",
+  opts,
+  async () => {
+    await withCluster(2, async ([s1, s2], redis) => {
+      try {
+        const a = await connect(s1);
+        const b = await connect(s2);
+        await joinAs(a, "a", "z");
+        await joinAs(b, "b", "z");
+        await take(a, 1);
+        await take(b, 1);
+        redis.freeze();
+        // A join needs Redis: it is answered (unavailable), it does not hang.
+        const c = await connect(s1);
+        const asked = Date.now();
+        c.send(["join", "c", "z"]);
+        assert.deepEqual(((await c.next(8000)) as unknown[]).slice(0, 3), [
+          "error",
+          "join",
+          "unavailable",
+        ]);
+        assert.ok(Date.now() - asked < 8000);
+        await waitForStatus(s1.port, "/readyz", 503, 15_000);
+        redis.thaw();
+        await waitForStatus(s1.port, "/readyz", 200, 15_000);
+        await waitForStatus(s2.port, "/readyz", 200, 15_000);
+        // Back in service: the room is intact and a new joiner meets both.
+        await joinAs(c, "c", "z");
+        const stuns = await take(c, 2);
+        assert.deepEqual(stuns.map((m) => (m as unknown[])[2]).sort(), ["z:a", "z:b"]);
+        assert.deepEqual(await a.next(), ["stun", "z:a", "z:c", false]);
+        assert.deepEqual(await b.next(), ["stun", "z:b", "z:c", false]);
+      } finally {
+        redis.thaw();
+        await closeAll();
+      }
+    });
+  },
+);

@@ -25,6 +25,10 @@ export interface RedisServer {
   down(): Promise<void>;
   /** Starts it again on the same port, empty (no persistence). */
   up(): Promise<void>;
+  /** Freezes the process (SIGSTOP): connections stay open, nothing answers. */
+  freeze(): void;
+  /** Lets a frozen process go on (SIGCONT). */
+  thaw(): void;
 }
 
 async function waitForPort(port: number, timeoutMs: number): Promise<void> {
@@ -70,6 +74,7 @@ export async function startRedis(): Promise<RedisServer> {
     const c = child;
     child = undefined;
     try {
+      c.kill("SIGCONT"); // a frozen process would not act on SIGTERM
       c.kill("SIGTERM");
     } catch { /* already gone */ }
     await c.status;
@@ -84,5 +89,7 @@ export async function startRedis(): Promise<RedisServer> {
     },
     down: stop,
     up: launch,
+    freeze: () => child?.kill("SIGSTOP"),
+    thaw: () => child?.kill("SIGCONT"),
   };
 }
