@@ -64,6 +64,18 @@ async function take(c: WsClient, count: number, timeoutMs = 5000): Promise<Recei
   return out;
 }
 
+/** Joins one client per `[server, ident]` to `name`, in order, and takes every stun they get. */
+async function room(name: string, members: [ServerProcess, string][]): Promise<WsClient[]> {
+  const clients: WsClient[] = [];
+  for (const [server, ident] of members) {
+    const c = await connect(server);
+    await joinAs(c, ident, name);
+    clients.push(c);
+  }
+  for (const c of clients) await take(c, members.length - 1);
+  return clients;
+}
+
 /** True when nothing more arrives within `ms`. */
 async function quiet(c: WsClient, ms = 300): Promise<boolean> {
   try {
@@ -227,15 +239,7 @@ Deno.test(
 Deno.test("cluster: kill -9 of an instance — survivors say bye within 10 s", opts, async () => {
   await withCluster(3, async ([s1, s2, s3]) => {
     try {
-      const a = await connect(s1);
-      const b = await connect(s2);
-      const c = await connect(s3);
-      await joinAs(a, "a", "k");
-      await joinAs(b, "b", "k");
-      await joinAs(c, "c", "k");
-      await take(a, 2);
-      await take(b, 2);
-      await take(c, 2);
+      const [a, b] = await room("k", [[s1, "a"], [s2, "b"], [s3, "c"]]);
       const killed = Date.now();
       await s3.stop("SIGKILL");
       assert.deepEqual(await a.next(10_000), ["bye", "k:a", "k:c"]);
@@ -253,12 +257,7 @@ Deno.test("cluster: kill -9 of an instance — survivors say bye within 10 s", o
 Deno.test("cluster: graceful shutdown of an instance says bye for its members", opts, async () => {
   await withCluster(2, async ([s1, s2]) => {
     try {
-      const a = await connect(s1);
-      const b = await connect(s2);
-      await joinAs(a, "a", "g");
-      await joinAs(b, "b", "g");
-      await take(a, 1);
-      await take(b, 1);
+      const [a, b] = await room("g", [[s1, "a"], [s2, "b"]]);
       assert.equal(await s2.stop("SIGTERM"), 0);
       assert.deepEqual(await a.next(3000), ["bye", "g:a", "g:b"]);
       assert.equal((await b.closed()).code, 1001);
@@ -274,12 +273,7 @@ Deno.test(
   async () => {
     await withCluster(2, async ([s1, s2], redis) => {
       try {
-        const a = await connect(s1);
-        const b = await connect(s2);
-        await joinAs(a, "a", "x");
-        await joinAs(b, "b", "x");
-        await take(a, 1);
-        await take(b, 1);
+        const [a, b] = await room("x", [[s1, "a"], [s2, "b"]]);
         await redis.down();
         await waitForStatus(s1.port, "/readyz", 503);
         await waitForStatus(s2.port, "/readyz", 503);
@@ -333,15 +327,7 @@ Deno.test(
   async () => {
     await withCluster(2, async ([s1, s2], redis) => {
       try {
-        const a = await connect(s1);
-        const b = await connect(s2);
-        const c = await connect(s2);
-        await joinAs(a, "a", "y");
-        await joinAs(b, "b", "y");
-        await joinAs(c, "c", "y");
-        await take(a, 2);
-        await take(b, 2);
-        await take(c, 2);
+        const [a, b, c] = await room("y", [[s1, "a"], [s2, "b"], [s2, "c"]]);
         await redis.down();
         await waitForStatus(s2.port, "/readyz", 503);
         // Relays within one instance go on without Redis.
@@ -369,12 +355,7 @@ Deno.test(
   async () => {
     await withCluster(2, async ([s1, s2], redis) => {
       try {
-        const a = await connect(s1);
-        const b = await connect(s2);
-        await joinAs(a, "a", "z");
-        await joinAs(b, "b", "z");
-        await take(a, 1);
-        await take(b, 1);
+        const [a, b] = await room("z", [[s1, "a"], [s2, "b"]]);
         redis.freeze();
         // A join needs Redis: it is answered (unavailable), it does not hang.
         const c = await connect(s1);
