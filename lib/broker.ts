@@ -145,9 +145,12 @@ export const OUT_TYPES: readonly OutType[] = [
 ];
 
 /** A global ident held by a connection, as a member of its room. */
-interface Member<H> {
+export interface Member<H> {
+  /** The global ident, `room:ident`. */
   readonly g: string;
+  /** The ident part. */
   readonly ident: string;
+  /** The room it is a member of. */
   readonly room: Room<H>;
   /** The holder, or null for a member held on another instance. */
   readonly conn: Connection<H> | null;
@@ -156,8 +159,10 @@ interface Member<H> {
 }
 
 /** A room: its members in join order (a `Map` keeps insertion order). */
-interface Room<H> {
+export interface Room<H> {
+  /** The room's name. */
   readonly name: string;
+  /** Members by global ident, in join order. */
   readonly members: Map<string, Member<H>>;
   /** Local members plus claims in flight; at zero a cluster view is dropped. */
   local: number;

@@ -57,6 +57,7 @@ export type LogLevel = typeof LOG_LEVELS[number];
 
 /** A setting that cannot be used; the message names it. */
 export class ConfigError extends Error {
+  /** Names the error class in messages. */
   override name = "ConfigError";
 }
 

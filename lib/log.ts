@@ -9,14 +9,25 @@ import {
   getJsonLinesFormatter,
   getLogger,
   getTextFormatter,
-  type Logger,
   type LogRecord,
   resetSync,
 } from "@logtape/logtape";
 import type { LogLevel } from "./config.ts";
 
+/** The logging calls the server makes: a message template and its values. */
+export interface Log {
+  /** Detail for debugging; signal payloads only ever at this level or below. */
+  debug(message: string, properties?: Record<string, unknown>): void;
+  /** Normal events: listening, shutdown, refusals. */
+  info(message: string, properties?: Record<string, unknown>): void;
+  /** Something went wrong that the server works around. */
+  warn(message: string, properties?: Record<string, unknown>): void;
+  /** Something failed. */
+  error(message: string, properties?: Record<string, unknown>): void;
+}
+
 /** The logger of the server; categories below it name the concern. */
-export function logger(...sub: string[]): Logger {
+export function logger(...sub: string[]): Log {
   return getLogger(["signal", ...sub]);
 }
 
