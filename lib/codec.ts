@@ -200,20 +200,22 @@ export function encodeSignal(raw: string | Uint8Array, call: Call & { 0: "signal
 /**
  * Where `data` starts in a frame laid out exactly as
  * `["signal","<from>","<to>",<data>]` (ending in `]`), or 0 for any other
- * layout. Names free of `"` and `\` are their own JSON text, and the frame
- * already parsed as that call, so matching the prefix is enough.
+ * layout. Only the quotes and commas are looked at: the frame already parsed
+ * as that call, and `from` and `to` hold no `"` or `\`, so a string token
+ * whose closing quote sits right after as many characters as the parsed name
+ * has can hold no escape (each escape makes the text longer than its value):
+ * its text is the name itself.
  */
 function compactDataStart(raw: string, from: string, to: string): number {
-  if (raw.charCodeAt(raw.length - 1) !== 0x5d || !raw.startsWith('["signal","')) return 0;
-  let i = 11;
-  if (!raw.startsWith(from, i)) return 0;
-  i += from.length;
-  if (!raw.startsWith('","', i)) return 0;
-  i += 3;
-  if (!raw.startsWith(to, i)) return 0;
-  i += to.length;
-  if (!raw.startsWith('",', i)) return 0;
-  return i + 2;
+  const f = 11 + from.length; // closing quote of from
+  const t = f + 3 + to.length; // closing quote of to
+  if (
+    raw.charCodeAt(f) !== 0x22 || raw.charCodeAt(f + 1) !== 0x2c ||
+    raw.charCodeAt(f + 2) !== 0x22 ||
+    raw.charCodeAt(t) !== 0x22 || raw.charCodeAt(t + 1) !== 0x2c ||
+    raw.charCodeAt(raw.length - 1) !== 0x5d || !raw.startsWith('["signal","')
+  ) return 0;
+  return t + 2;
 }
 
 /** True for the four whitespace characters JSON allows between tokens. */

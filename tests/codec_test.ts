@@ -441,3 +441,20 @@ Deno.test("ERROR_CODES lists every code of PROTOCOL.md, in its order", () => {
     "unavailable",
   ]);
 });
+
+Deno.test("encodeSignal: names written with escapes are never copied as raw text", () => {
+  const frames = [
+    String.raw`["signal","\u0061:b","a:c",1]`,
+    String.raw`["signal","a:b","\u0061:c",{"x":[1,2]}]`,
+    String.raw`["signal","a\u003ab","a:c","d"]`,
+    String.raw`["signal","a:\u0062","a:\u0063",null]`,
+  ];
+  for (const raw of frames) {
+    const call = decode(raw);
+    assert.ok(!isFault(call) && call[0] === "signal", raw);
+    const out = encodeSignal(raw, call as Call & { 0: "signal" });
+    const [, from, to, data] = JSON.parse(raw);
+    assert.deepEqual(JSON.parse(out), ["signal", to, from, data], raw);
+    assert.ok(!out.includes("\\u00"), `escaped name text copied: ${out}`);
+  }
+});
