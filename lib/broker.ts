@@ -578,11 +578,6 @@ export class Broker<H> {
     return out;
   }
 
-  /** Cluster: names of the rooms this instance has a view of. */
-  roomNames(): string[] {
-    return [...this.#rooms.keys()];
-  }
-
   /** Cluster: instances holding members this instance sees. */
   remoteInstances(): string[] {
     return [...this.#remote.keys()];
