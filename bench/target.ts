@@ -8,11 +8,14 @@
  */
 
 /** Which server a run measures. */
-export type TargetName = "server" | "bound";
+export type TargetName = "server" | "bound" | "defaults";
 
 /** A server the generator talks to. */
 export interface Target {
-  /** `server` is the project, `bound` the bare relay. */
+  /**
+   * `server` is the project with shaping off, `defaults` the project with
+   * every setting at its default, `bound` the bare relay.
+   */
   readonly name: TargetName;
   /** Its WebSocket URL. */
   readonly url: string;
@@ -49,6 +52,14 @@ export const SERVER_FLAGS: readonly string[] = [
   "1000000",
   "--max-buffered-bytes",
   String(1024 * 1024 * 1024),
+  "--shutdown-timeout",
+  "2",
+];
+
+/** The flags of the `defaults` target: only quiet logs and a quick stop, every limit as shipped. */
+export const DEFAULTS_FLAGS: readonly string[] = [
+  "--log-level",
+  "warning",
   "--shutdown-timeout",
   "2",
 ];
@@ -139,12 +150,15 @@ function freePort(): number {
 /** Starts the project's server (`server`) or the bare relay (`bound`) on a free loopback port. */
 export async function startTarget(name: TargetName, options: StartOptions): Promise<Target> {
   const port = freePort();
-  const script = name === "server"
-    ? new URL("main.ts", ROOT).pathname
-    : new URL("bench/bare_relay.ts", ROOT).pathname;
-  const args = name === "server"
-    ? ["--port", String(port), "--host", "127.0.0.1", ...SERVER_FLAGS, ...options.serverFlags ?? []]
-    : ["--port", String(port), "--host", "127.0.0.1"];
+  const script = name === "bound"
+    ? new URL("bench/bare_relay.ts", ROOT).pathname
+    : new URL("main.ts", ROOT).pathname;
+  const flags = name === "server"
+    ? [...SERVER_FLAGS, ...options.serverFlags ?? []]
+    : name === "defaults"
+    ? DEFAULTS_FLAGS
+    : [];
+  const args = ["--port", String(port), "--host", "127.0.0.1", ...flags];
   const argv = await wrapped([
     Deno.execPath(),
     "run",
@@ -165,7 +179,7 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
   const proc = track(child);
   // Ready once it answers HTTP; bounded, and failing fast if it exits.
   const health = `http://127.0.0.1:${port}${
-    name === "server" ? options.readyPath ?? "/healthz" : "/"
+    name === "bound" ? "/" : options.readyPath ?? "/healthz"
   }`;
   const until = Date.now() + 30_000;
   for (let attempt = 0; attempt < 600; attempt++) {

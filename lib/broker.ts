@@ -29,13 +29,14 @@ import {
   encodeStun,
   ERROR_CODES,
   type ErrorCode,
+  type Fault,
   isFault,
   PONG,
   SIGNAL_FROM,
   SIGNAL_TO,
 } from "./codec.ts";
 import { globalColon } from "./names.ts";
-import { TokenBucket } from "./rate_limit.ts";
+import { Budget, frameCost } from "./shaping.ts";
 
 /** The effects the broker asks for; the server carries them out. */
 export interface Outbox<H> {
@@ -48,6 +49,12 @@ export interface Outbox<H> {
    * answer with {@link Broker.iceReply}. `ident` names the TURN user.
    */
   ice(to: H, conn: Connection<H>, ident: string): void;
+  /**
+   * Call {@link Broker.wake} for `conn` in `delayMs` milliseconds: frames wait
+   * for its budget. A later request for the same connection may replace an
+   * earlier one.
+   */
+  wake(to: H, conn: Connection<H>, delayMs: number): void;
 }
 
 /**
@@ -76,10 +83,26 @@ export interface Limits {
   maxIdentsPerConnection: number;
   /** Most members a room may have. */
   maxPeersPerRoom: number;
-  /** Sustained frames per second per connection (0 disables rate limiting). */
+  /**
+   * Sustained budget of a connection that holds no pair, in tokens per
+   * second; a frame costs at least one token (see `frameCost` in
+   * `lib/shaping.ts`). 0 turns shaping off.
+   */
   rate: number;
-  /** Frames a connection may send in one burst above `rate`. */
+  /** Tokens a connection that holds no pair may bank for a burst. */
   burst: number;
+  /** Tokens per second added to the budget for each pair the connection is part of. */
+  ratePerPair: number;
+  /** Tokens granted, and bankable, for each pair the connection is part of. */
+  burstPerPair: number;
+  /** Pairs announced or ended (stun, bye) per second that one connection's joins and leaves may cause. */
+  churnRate: number;
+  /** Pairs announced or ended that one connection's joins and leaves may cause in a burst. */
+  churnBurst: number;
+  /** Frames that may wait in one connection's queue; one more closes it with 1008. */
+  maxQueuedFrames: number;
+  /** Bytes that may wait in one connection's queue; more closes it with 1008. */
+  maxQueuedBytes: number;
 }
 
 /** Limits used where none are given. */
@@ -89,7 +112,19 @@ export const DEFAULT_LIMITS: Readonly<Limits> = {
   maxPeersPerRoom: 256,
   rate: 200,
   burst: 400,
+  ratePerPair: 2,
+  burstPerPair: 100,
+  churnRate: 64,
+  churnBurst: 1024,
+  maxQueuedFrames: 1024,
+  maxQueuedBytes: 1024 * 1024,
 };
+
+/**
+ * Pairs that count towards a connection's budget: past this many, more pairs
+ * add nothing, so no connection can bank more than `burst + 256 × burstPerPair`.
+ */
+export const MAX_BUDGET_PAIRS = 256;
 
 /** What a broker is built from. */
 export interface BrokerOptions<H> {
@@ -117,6 +152,10 @@ export interface BrokerStats {
   bytesRelayed: number;
   /** Connections ever opened. */
   connectionsOpened: number;
+  /** Frames that had to wait in a connection's queue (budget, claim or ice answer). */
+  framesDelayed: number;
+  /** Connections closed with 1008 because their queue passed its bound, by bound. */
+  queueClosed: { frames: number; bytes: number };
 }
 
 /** The message types the server sends. */
@@ -168,8 +207,11 @@ export interface Room<H> {
   local: number;
 }
 
-/** Frames a connection may send while its join is being claimed. */
-const MAX_QUEUED_FRAMES = 256;
+/** Why a connection's frames wait in its queue, besides its budget. */
+export const WAIT_STATES = ["none", "claim", "ice"] as const;
+
+/** One of {@link WAIT_STATES}. */
+export type WaitState = typeof WAIT_STATES[number];
 
 /** One client connection as the broker sees it. */
 export class Connection<H> {
@@ -179,26 +221,40 @@ export class Connection<H> {
   issued: string | undefined = undefined;
   /** Set once the connection closed or was asked to close. */
   closed = false;
-  /** Set while a join is being claimed in the cluster directory. */
-  waiting = false;
-  /** Frames that arrived while waiting, handled in order once the claim ends. */
-  readonly queue: (string | Uint8Array)[] = [];
-  /** @internal */
-  readonly bucket: TokenBucket | null;
-  /** @internal */
-  readonly patience: TokenBucket | null;
+  /**
+   * What the connection waits for before its next frame may run: a join
+   * being claimed in the cluster directory, or an `["ice"]` answer.
+   */
+  wait: WaitState = "none";
+  /** Pairs this connection is part of: for each ident held, the other members of its room. */
+  pairs: number = 0;
+  /** Frames waiting to be handled, in arrival order, from `head` on. */
+  readonly queue: (string | Uint8Array | undefined)[] = [];
+  /** Index of the oldest waiting frame in `queue`. */
+  head: number = 0;
+  /** Bytes of the waiting frames. */
+  queuedBytes: number = 0;
+  /** When a wake is due (broker clock), or -1 when none is scheduled. */
+  wakeAt: number = -1;
+  /** @internal The frame budget; null when shaping is off. */
+  readonly budget: Budget | null;
+  /** @internal The budget for pairs announced and ended by joins and leaves. */
+  readonly churn: Budget | null;
 
   /** Made by {@link Broker.open}. */
   constructor(readonly id: number, readonly handle: H, limits: Limits, now: number) {
     if (limits.rate > 0) {
-      this.bucket = new TokenBucket(limits.rate, limits.burst, now);
-      // Rejected frames drain this second bucket; it refills at a tenth of the
-      // rate, so only a sender that keeps pushing past its limit empties it.
-      this.patience = new TokenBucket(limits.rate / 10, limits.burst, now);
+      this.budget = new Budget(limits.rate, limits.burst, now);
+      this.churn = new Budget(limits.churnRate, limits.churnBurst, now);
     } else {
-      this.bucket = null;
-      this.patience = null;
+      this.budget = null;
+      this.churn = null;
     }
+  }
+
+  /** Frames waiting in the queue. */
+  get queued(): number {
+    return this.queue.length - this.head;
   }
 }
 
@@ -246,6 +302,8 @@ export class Broker<H> {
     errors: counters(ERROR_CODES),
     bytesRelayed: 0,
     connectionsOpened: 0,
+    framesDelayed: 0,
+    queueClosed: { frames: 0, bytes: 0 },
   };
 
   readonly #outbox: Outbox<H>;
@@ -297,7 +355,11 @@ export class Broker<H> {
     return new Connection(this.#nextId++, handle, this.limits, this.#now());
   }
 
-  /** A frame arrived on `conn`. Never throws on any input. */
+  /**
+   * A frame arrived on `conn`. Never throws on any input. A frame the
+   * connection's budget cannot pay for yet, or that arrives while earlier
+   * frames wait, joins the connection's queue and is handled in order later.
+   */
   frame(conn: Connection<H>, data: string | Uint8Array): void {
     if (conn.closed) return;
     if (this.#tooLarge(data)) {
@@ -305,24 +367,108 @@ export class Broker<H> {
       this.#close(conn, CloseCode.tooLarge, "frame too large");
       return;
     }
-    if (conn.bucket !== null && !conn.bucket.take(this.#now())) {
-      this.#fail(conn, "frame", "rate-limited", `more than ${this.limits.rate} frames per second`);
-      if (!conn.patience!.take(this.#now())) {
-        this.#close(conn, CloseCode.policy, "rate limit abuse");
-      }
+    if (conn.head === conn.queue.length && conn.wait === "none") {
+      const wait = this.#step(conn, data);
+      if (wait === 0) return;
+      if (!this.#enqueue(conn, data)) return;
+      this.#schedule(conn, wait);
       return;
     }
-    if (conn.waiting) {
-      if (conn.queue.length >= MAX_QUEUED_FRAMES) {
-        this.#close(conn, CloseCode.policy, "too many frames while joining");
-      } else conn.queue.push(data);
-      return;
-    }
-    this.#dispatch(conn, data);
+    this.#enqueue(conn, data);
   }
 
-  #dispatch(conn: Connection<H>, data: string | Uint8Array): void {
+  /**
+   * The connection's wake came due: handles the frames its budget now pays
+   * for. Calling it early, late or more than once is harmless.
+   */
+  wake(conn: Connection<H>): void {
+    conn.wakeAt = -1;
+    this.#drain(conn);
+  }
+
+  /**
+   * Handles one frame if the budgets allow it now. Returns 0 when it was
+   * handled, or how many ms to wait before trying it again.
+   */
+  #step(conn: Connection<H>, data: string | Uint8Array): number {
+    const budget = conn.budget;
+    if (budget === null) {
+      this.#dispatch(conn, data, decode(data));
+      return 0;
+    }
+    const now = this.#now();
+    if (!budget.ready(now)) return budget.waitMs(now);
     const call = decode(data);
+    // Joins and leaves announce or end pairs: they also need churn budget.
+    if (!isFault(call) && (call[0] === "join" || call[0] === "leave")) {
+      if (!conn.churn!.ready(now)) return conn.churn!.waitMs(now);
+    }
+    budget.charge(frameCost(data));
+    this.#dispatch(conn, data, call);
+    return 0;
+  }
+
+  /** Puts a frame at the end of the queue; false if that closed the connection. */
+  #enqueue(conn: Connection<H>, data: string | Uint8Array): boolean {
+    const size = typeof data === "string" ? data.length : data.byteLength;
+    const limits = this.limits;
+    if (conn.queued >= limits.maxQueuedFrames) {
+      this.stats.queueClosed.frames++;
+      this.#overflow(conn, `more than ${limits.maxQueuedFrames} frames waiting`);
+      return false;
+    }
+    if (conn.queuedBytes + size > limits.maxQueuedBytes) {
+      this.stats.queueClosed.bytes++;
+      this.#overflow(conn, `more than ${limits.maxQueuedBytes} bytes waiting`);
+      return false;
+    }
+    conn.queue.push(data);
+    conn.queuedBytes += size;
+    this.stats.framesDelayed++;
+    return true;
+  }
+
+  /** A sender that outran its budget for too long: says why, then closes. */
+  #overflow(conn: Connection<H>, detail: string): void {
+    this.#fail(conn, "frame", "rate-limited", `sending faster than allowed: ${detail}`);
+    this.#close(conn, CloseCode.policy, "rate limit abuse");
+  }
+
+  /** Asks the outbox for a wake in `ms`, unless an earlier one is pending. */
+  #schedule(conn: Connection<H>, ms: number): void {
+    const at = this.#now() + ms;
+    if (conn.wakeAt >= 0 && conn.wakeAt <= at) return;
+    conn.wakeAt = at;
+    this.#outbox.wake(conn.handle, conn, ms);
+  }
+
+  /**
+   * Handles waiting frames in order until one must wait (for its budget, a
+   * claim or an ice answer) or the queue is empty.
+   */
+  #drain(conn: Connection<H>): void {
+    const q = conn.queue;
+    while (conn.head < q.length && conn.wait === "none" && !conn.closed) {
+      const data = q[conn.head]!;
+      const wait = this.#step(conn, data);
+      if (wait > 0) {
+        this.#schedule(conn, wait);
+        break;
+      }
+      if (conn.closed) return;
+      q[conn.head++] = undefined;
+      conn.queuedBytes -= typeof data === "string" ? data.length : data.byteLength;
+    }
+    if (conn.head === q.length) {
+      q.length = 0;
+      conn.head = 0;
+    } else if (conn.head >= 1024) {
+      q.splice(0, conn.head);
+      conn.head = 0;
+    }
+  }
+
+  #dispatch(conn: Connection<H>, data: string | Uint8Array, call: Call | Fault): void {
     if (isFault(call)) {
       this.#fail(conn, call.call, call.code, call.detail);
       return;
@@ -367,6 +513,8 @@ export class Broker<H> {
     conn.closed = true;
     this.#connections--;
     conn.queue.length = 0;
+    conn.head = 0;
+    conn.queuedBytes = 0;
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
       this.#issued.delete(conn.issued);
@@ -458,7 +606,7 @@ export class Broker<H> {
     }
     if (this.#directory !== undefined) {
       room.local++;
-      conn.waiting = true;
+      conn.wait = "claim";
       this.#directory.claim(conn, roomName, ident);
       return;
     }
@@ -474,8 +622,16 @@ export class Broker<H> {
     const m: Member<H> = { g, ident, room, conn, instance };
     if (conn !== null) this.#send(conn, encodeJoin(g), "join");
     for (const t of room.members.values()) {
-      if (t.conn !== null) this.#send(t.conn, encodeStun(t.g, g, false), "stun");
+      if (t.conn !== null) {
+        this.#send(t.conn, encodeStun(t.g, g, false), "stun");
+        this.#pairs(t.conn, 1);
+      }
       if (conn !== null) this.#send(conn, encodeStun(g, t.g, true), "stun");
+    }
+    if (conn !== null) {
+      const announced = room.members.size;
+      conn.churn?.charge(announced);
+      this.#pairs(conn, announced);
     }
     room.members.set(g, m);
     this.#members.set(g, m);
@@ -504,7 +660,7 @@ export class Broker<H> {
     let room = this.#rooms.get(roomName);
     const stale = this.#members.get(g);
     if (conn !== null) {
-      conn.waiting = false;
+      conn.wait = "none";
       // The directory gave `g` to us, so a remote holder in our view is stale.
       if (stale !== undefined && stale.conn === null && !conn.closed) this.#remove(stale);
       if (room !== undefined) room.local--;
@@ -545,7 +701,7 @@ export class Broker<H> {
 
   /** Cluster: a claim was refused; the join fails with `code`. */
   claimRefused(conn: Connection<H>, roomName: string, code: ErrorCode, detail: string): void {
-    conn.waiting = false;
+    conn.wait = "none";
     const room = this.#rooms.get(roomName);
     if (room !== undefined) {
       room.local--;
@@ -583,14 +739,6 @@ export class Broker<H> {
     return [...this.#remote.keys()];
   }
 
-  /** Handles frames that waited for a claim, until another claim makes it wait. */
-  #drain(conn: Connection<H>): void {
-    const q = conn.queue;
-    let i = 0;
-    while (i < q.length && !conn.waiting && !conn.closed) this.#dispatch(conn, q[i++]);
-    q.splice(0, i);
-  }
-
   /**
    * Drops a room once nothing local is in it or on its way in. Alone, that
    * means empty; in a cluster, the remote members this instance no longer
@@ -621,6 +769,7 @@ export class Broker<H> {
       return;
     }
     this.#send(conn, encodeLeave(g), "leave");
+    conn.churn?.charge(m.room.members.size - 1);
     this.#remove(m);
   }
 
@@ -636,11 +785,36 @@ export class Broker<H> {
       m.conn.idents.delete(m.g);
       room.local--;
       this.#directory?.release(m.g, room.name);
+      this.#pairs(m.conn, -room.members.size);
     } else this.#forgetRemote(m);
     for (const t of room.members.values()) {
-      if (t.conn !== null) this.#send(t.conn, encodeBye(t.g, m.g), "bye");
+      if (t.conn !== null) {
+        this.#send(t.conn, encodeBye(t.g, m.g), "bye");
+        this.#pairs(t.conn, -1);
+      }
     }
     this.#dropIfUnwatched(room);
+  }
+
+  /**
+   * `conn` became part of `delta` more pairs (or fewer, when negative). Its
+   * frame budget follows: each new pair brings `burstPerPair` tokens at once
+   * and `ratePerPair` more a second, up to {@link MAX_BUDGET_PAIRS} pairs.
+   */
+  #pairs(conn: Connection<H>, delta: number): void {
+    const before = conn.pairs < MAX_BUDGET_PAIRS ? conn.pairs : MAX_BUDGET_PAIRS;
+    conn.pairs += delta;
+    const budget = conn.budget;
+    if (budget === null || conn.closed) return;
+    const n = conn.pairs < MAX_BUDGET_PAIRS ? conn.pairs : MAX_BUDGET_PAIRS;
+    if (n === before) return;
+    const l = this.limits;
+    budget.resize(
+      this.#now(),
+      l.rate + l.ratePerPair * n,
+      l.burst + l.burstPerPair * n,
+      n > before ? (n - before) * l.burstPerPair : 0,
+    );
   }
 
   #ident(conn: Connection<H>): void {

@@ -83,6 +83,12 @@ interface Flat {
   maxPeersPerRoom: number;
   rate: number;
   burst: number;
+  ratePerPair: number;
+  burstPerPair: number;
+  churnRate: number;
+  churnBurst: number;
+  maxQueuedFrames: number;
+  maxQueuedBytes: number;
   maxBufferedBytes: number;
   idleTimeout: number;
   allowedOrigins: string[];
@@ -195,7 +201,7 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     flag: "rate",
     env: "RATE_LIMIT",
     default: String(DEFAULT_LIMITS.rate),
-    help: "frames per second per connection (0 = no limit)",
+    help: "budget per connection, frames per second, before pairs (0 = no shaping)",
     parse: int(0, MAX),
   },
   {
@@ -203,8 +209,56 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     flag: "burst",
     env: "RATE_BURST",
     default: String(DEFAULT_LIMITS.burst),
-    help: "frames a connection may send at once above the rate",
+    help: "frames a connection may send at once, before pairs",
     parse: int(1, MAX),
+  },
+  {
+    key: "ratePerPair",
+    flag: "rate-per-pair",
+    env: "RATE_PER_PAIR",
+    default: String(DEFAULT_LIMITS.ratePerPair),
+    help: "frames per second added for each pair the connection is part of",
+    parse: int(0, MAX),
+  },
+  {
+    key: "burstPerPair",
+    flag: "burst-per-pair",
+    env: "BURST_PER_PAIR",
+    default: String(DEFAULT_LIMITS.burstPerPair),
+    help: "frames granted at once for each new pair the connection is part of",
+    parse: int(0, MAX),
+  },
+  {
+    key: "churnRate",
+    flag: "churn-rate",
+    env: "CHURN_RATE",
+    default: String(DEFAULT_LIMITS.churnRate),
+    help: "pairs per second one connection's joins and leaves may announce or end",
+    parse: int(1, MAX),
+  },
+  {
+    key: "churnBurst",
+    flag: "churn-burst",
+    env: "CHURN_BURST",
+    default: String(DEFAULT_LIMITS.churnBurst),
+    help: "pairs one connection's joins and leaves may announce or end at once",
+    parse: int(1, MAX),
+  },
+  {
+    key: "maxQueuedFrames",
+    flag: "max-queued-frames",
+    env: "MAX_QUEUED_FRAMES",
+    default: String(DEFAULT_LIMITS.maxQueuedFrames),
+    help: "frames that may wait for their budget; more closes with 1008",
+    parse: int(1, MAX),
+  },
+  {
+    key: "maxQueuedBytes",
+    flag: "max-queued-bytes",
+    env: "MAX_QUEUED_BYTES",
+    default: String(DEFAULT_LIMITS.maxQueuedBytes),
+    help: "bytes that may wait for their budget; more closes with 1008",
+    parse: int(1024, MAX),
   },
   {
     key: "maxBufferedBytes",
@@ -418,6 +472,12 @@ function group(f: Flat, source: ConfigSource): Config {
       maxPeersPerRoom: f.maxPeersPerRoom,
       rate: f.rate,
       burst: f.burst,
+      ratePerPair: f.ratePerPair,
+      burstPerPair: f.burstPerPair,
+      churnRate: f.churnRate,
+      churnBurst: f.churnBurst,
+      maxQueuedFrames: f.maxQueuedFrames,
+      maxQueuedBytes: f.maxQueuedBytes,
     },
     maxBufferedBytes: f.maxBufferedBytes,
     idleTimeout: f.idleTimeout,

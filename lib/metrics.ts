@@ -89,6 +89,20 @@ export function renderMetrics(s: MetricsSnapshot): string {
     "Bytes of relayed signal frames (characters; equal to bytes for ASCII payloads)",
     s.stats.bytesRelayed,
   );
+  single(
+    out,
+    "signal_frames_delayed_total",
+    "counter",
+    "Client frames that waited in their connection's queue (budget, cluster claim or ice answer)",
+    s.stats.framesDelayed,
+  );
+  labelled(
+    out,
+    "signal_queue_closed_total",
+    "Connections closed with 1008 because their queue of waiting frames passed its bound",
+    "bound",
+    s.stats.queueClosed,
+  );
   for (const [k, v] of Object.entries(s.server)) {
     single(out, `signal_${k}_total`, "counter", k.replaceAll("_", " "), v);
   }

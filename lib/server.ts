@@ -89,6 +89,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   let onDrained: (() => void) | undefined;
   /** Sockets over the buffer limit, with the timer that looks at them again. */
   const overLimit = new Map<WebSocket, ReturnType<typeof setTimeout>>();
+  /** Sockets whose queued frames wait for their budget, with the timer that wakes them. */
+  const wakes = new Map<WebSocket, ReturnType<typeof setTimeout>>();
 
   function checkSlowReader(ws: WebSocket): void {
     overLimit.delete(ws);
@@ -161,6 +163,20 @@ export function startServer(config: Config, options: StartOptions): SignalServer
       if (behindIce.has(ws)) afterIce(ws, () => closeSocket(ws, code, reason));
       else closeSocket(ws, code, reason);
     },
+    wake(ws, conn, delayMs) {
+      clearTimeout(wakes.get(ws));
+      wakes.set(
+        ws,
+        setTimeout(() => {
+          wakes.delete(ws);
+          try {
+            broker.wake(conn);
+          } catch (err) {
+            internalError(ws, conn, err);
+          }
+        }, delayMs),
+      );
+    },
     ice(ws, conn, ident) {
       const servers = iceServers(config, ident, Date.now() / 1000);
       servers.catch(() => {/* reported by afterIce */});
@@ -230,6 +246,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     socket.onclose = () => {
       clearTimeout(overLimit.get(socket));
       overLimit.delete(socket);
+      clearTimeout(wakes.get(socket));
+      wakes.delete(socket);
       sockets.delete(socket);
       if (conn !== undefined) broker.close(conn);
       if (stopping && sockets.size === 0) onDrained?.();
@@ -362,6 +380,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     clearTimeout(timer);
     for (const t of overLimit.values()) clearTimeout(t);
     overLimit.clear();
+    for (const t of wakes.values()) clearTimeout(t);
+    wakes.clear();
     log.info("stopped");
   }
 

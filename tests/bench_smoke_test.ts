@@ -63,14 +63,16 @@ Deno.test("bench --quick: every workload prints sane JSON lines for server and b
   assert.ok(num(meta, "cpus") >= 1);
   assert.equal(meta.quick, true);
 
-  // Relay: two pair counts (2 and 4) against each target.
+  // Relay: two pair counts (2 and 4) against each target, the server also at its defaults.
   const relays = pick("relay");
-  assert.equal(relays.length, 4, stderr);
+  assert.equal(relays.length, 6, stderr);
   assert.deepEqual(relays.map((l) => `${l.target}:${l.pairs}`), [
     "bound:2",
     "server:2",
+    "defaults:2",
     "bound:4",
     "server:4",
+    "defaults:4",
   ]);
   for (const l of relays) {
     assert.equal(l.window, 2);
@@ -91,7 +93,7 @@ Deno.test("bench --quick: every workload prints sane JSON lines for server and b
     assert.ok(num(l, "server_cpu_us_per_msg") >= 0);
     assert.ok(num(l, "server_rss_bytes") > 0);
   }
-  for (const l of pick("relay", "server")) {
+  for (const l of [...pick("relay", "server"), ...pick("relay", "defaults")]) {
     const v = obj(l, "vs_bound");
     assert.ok(num(v, "msgs_per_s") > 0, "the server's throughput is given as a ratio of the bound");
     assert.ok(num(v, "latency_p50") > 0);

@@ -422,6 +422,7 @@ function run(limits: Limits, actions: Action[], coverage: Coverage = new Map()):
       send: (to, frame) => effects.push({ kind: "send", to, msg: JSON.parse(frame) }),
       close: (to, code) => effects.push({ kind: "close", to, code }),
       ice: (to, _c, ident) => effects.push({ kind: "ice", to, ident }),
+      wake() {},
     },
     now: () => 0,
     randomBytes: seededBytes(7),
@@ -623,7 +624,7 @@ Deno.test("property: with roomy limits, long sequences end with an empty broker"
   );
 });
 
-Deno.test("property: the rate limit holds for any timing, and only abusers are closed", () => {
+Deno.test("property: shaping delays and never drops, keeps order, and closes only a full queue", () => {
   const step = fc.record({
     wait: fc.constantFrom(0, 0, 0, 1, 10, 50, 100, 1000),
     frames: fc.integer({ min: 0, max: 30 }),
@@ -632,53 +633,80 @@ Deno.test("property: the rate limit holds for any timing, and only abusers are c
     fc.property(
       fc.integer({ min: 1, max: 50 }),
       fc.integer({ min: 1, max: 20 }),
+      fc.integer({ min: 1, max: 40 }),
       fc.array(step, { maxLength: 60 }),
-      (rate, burst, steps) => {
+      (rate, burst, maxQueuedFrames, steps) => {
         let now = 0;
+        let wakeAt = -1;
         const effects: Seen[] = [];
         const broker = new Broker<string>({
           outbox: {
             send: (to, frame) => effects.push({ kind: "send", to, msg: JSON.parse(frame) }),
             close: (to, code) => effects.push({ kind: "close", to, code }),
             ice() {},
+            wake: (_to, _c, ms) => {
+              assert.ok(ms > 0);
+              wakeAt = now + ms;
+            },
           },
           now: () => now,
           randomBytes: seededBytes(),
-          limits: { rate, burst },
+          limits: { rate, burst, maxQueuedFrames },
         });
         const conn = broker.open("A");
-        let accepted = 0;
-        let limited = 0;
+        let sent = 0;
+        let answered = 0;
         let closed = false;
-        for (const s of steps) {
-          now += s.wait;
-          for (let i = 0; i < s.frames; i++) {
-            effects.length = 0;
-            broker.frame(conn, '["ping"]');
-            if (closed) {
-              assert.deepEqual(effects, []);
+        /** Checks what the broker did since the last look: pongs in order, or the close. */
+        const look = () => {
+          for (const e of effects.splice(0)) {
+            assert.ok(!closed, "nothing after the close");
+            if (e.kind === "close") {
+              assert.equal(e.code, 1008);
+              closed = true;
               continue;
             }
-            const [first, ...rest] = effects;
-            assert.equal(first.kind, "send");
-            const msg = (first as { msg: unknown[] }).msg;
-            if (msg[0] === "pong") {
-              accepted++;
-              assert.deepEqual(rest, []);
-            } else {
+            const msg = (e as { msg: unknown[] }).msg;
+            if (msg[0] === "error") {
+              // The only error is the one that explains the close.
               assert.deepEqual(msg.slice(0, 3), ["error", "frame", "rate-limited"]);
-              limited++;
-              if (rest.length > 0) {
-                assert.deepEqual(rest, [{ kind: "close", to: "A", code: 1008 }]);
-                closed = true;
-              }
+              continue;
             }
-            // A token bucket never lets more through than its burst plus the refill.
-            assert.ok(accepted <= burst + (rate * now) / 1000 + 1e-9);
+            assert.deepEqual(msg, ["pong"]);
+            answered++;
           }
+        };
+        const advance = (ms: number) => {
+          const end = now + ms;
+          while (wakeAt >= 0 && wakeAt <= end) {
+            now = Math.max(now, wakeAt);
+            wakeAt = -1;
+            broker.wake(conn);
+            look();
+          }
+          now = end;
+        };
+        for (const s of steps) {
+          advance(s.wait);
+          for (let i = 0; i < s.frames && !closed; i++) {
+            const waiting = sent - answered;
+            broker.frame(conn, '["ping"]');
+            sent++;
+            look();
+            // Closed exactly when the queue was already full.
+            assert.equal(closed, waiting >= maxQueuedFrames && conn.queued === 0);
+            // The budget never pays for more than its burst plus what it earned (a
+            // frame may go on the last fraction of a token).
+            assert.ok(answered <= burst + (rate * now) / 1000 + 1);
+          }
+          if (closed) break;
         }
-        // Closing takes persistent abuse: more rejections than one burst's worth.
-        if (closed) assert.ok(limited > burst, `closed after only ${limited} rejections`);
+        if (!closed) {
+          // Nothing was dropped: given time, every frame is answered.
+          advance(1000 * (sent / rate + 1));
+          assert.equal(answered, sent);
+          assert.equal(conn.queued, 0);
+        }
         assert.equal(broker.connections, closed ? 0 : 1);
         broker.close(conn);
         assert.equal(broker.connections, 0);

@@ -562,35 +562,84 @@ Deno.test("a reader that stops reading is closed once --max-buffered-bytes stays
   }
 });
 
-Deno.test("--rate 5 --burst 5: the sixth quick frame is rate-limited, persistent abuse closes 1008", async () => {
-  await using t = serve(["--rate", "5", "--burst", "5"]);
+Deno.test("--rate 5 --burst 5: the sixth quick frame waits, and a full queue closes 1008", async () => {
+  await using t = serve(["--rate", "5", "--burst", "5", "--max-queued-frames", "4"]);
   const c = await WsClient.connect(`${t.ws}/`);
   try {
-    // Five pass, then each refusal drains a second bucket of five that refills
-    // at a tenth of the rate; the sixth refusal closes. Frames are sent only
-    // as many as can still be answered: Deno's server drops the TCP link
-    // (1006 on the client) if a data frame arrives after it sent its close.
-    const got: Received[] = [];
-    const limited = () => got.filter((m) => isError(m, "frame", "rate-limited")).length;
-    let batch = 11;
-    while (limited() < 6) {
-      for (let i = 0; i < batch; i++) c.send(["ping"]);
-      for (let i = 0; i < batch; i++) got.push(await c.next());
-      // A slow machine may have refilled a token or two meanwhile.
-      batch = 6 - limited();
-      assert.ok(got.length < 40, "the rate limit never bit");
-    }
+    // Five pass at once; the sixth waits for a token (200 ms at 5/s) and is
+    // answered then, not refused.
+    const start = performance.now();
+    for (let i = 0; i < 6; i++) c.send(["ping"]);
+    for (let i = 0; i < 6; i++) assert.deepEqual(await c.next(), ["pong"]);
+    assert.ok(performance.now() - start >= 150, "the sixth pong came before its token");
+    // Now the budget is spent: four frames may wait, the fifth is one too many.
+    for (let i = 0; i < 5; i++) c.send(["ping"]);
+    const got = await c.next();
+    assert.ok(isError(got, "frame", "rate-limited"), JSON.stringify(got));
     assert.deepEqual(await c.closed(), { code: 1008, reason: "rate limit abuse" });
-    assert.deepEqual(got.slice(0, 6), [...Array(5).fill(["pong"]), got[5]]);
-    assert.ok(isError(got[5], "frame", "rate-limited"));
-    for (const m of got) {
-      assert.ok(isError(m, "frame", "rate-limited") || Array.isArray(m) && m[0] === "pong");
-    }
-    assert.equal(limited(), 6);
     const m = await metrics(t);
-    assert.equal(metric(m, 'signal_errors_total{code="rate-limited"}'), 6);
+    assert.equal(metric(m, 'signal_queue_closed_total{bound="frames"}'), 1);
+    assert.equal(metric(m, 'signal_errors_total{code="rate-limited"}'), 1);
+    assert.ok(metric(m, "signal_frames_delayed_total") >= 5);
+    assert.equal(metric(m, "signal_connections"), 0);
   } finally {
     await c.close();
+  }
+});
+
+Deno.test("defaults: a flood at 10x the rate is closed; RSS holds; a peer's ping stays fast", async () => {
+  await using t = serve();
+  const healthy = await WsClient.connect(`${t.ws}/`);
+  const flooder = await WsClient.connect(`${t.ws}/`);
+  try {
+    // Warm up the code paths the flood takes, so RSS measures the flood alone.
+    for (let i = 0; i < 300; i++) healthy.send(["ping"]);
+    for (let i = 0; i < 300; i++) assert.deepEqual(await healthy.next(), ["pong"]);
+    await metrics(t);
+    const rssBefore = metric(await metrics(t), "process_resident_memory_bytes");
+    let floodClosed = false;
+    const closedInfo = flooder.closed().then((info) => {
+      floodClosed = true;
+      return info;
+    });
+    // 10x the default 200 frames a second: 20 frames every 10 ms, for at most 10 s.
+    const flood = (async () => {
+      const start = performance.now();
+      let sent = 0;
+      while (!floodClosed && performance.now() - start < 10_000) {
+        const due = Math.floor(((performance.now() - start) / 1000) * 2000);
+        for (; sent < due && flooder.readyState === WebSocket.OPEN; sent++) flooder.send(["ping"]);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return { sent, ms: performance.now() - start };
+    })();
+    const latencies: number[] = [];
+    while (!floodClosed) {
+      const t0 = performance.now();
+      healthy.send(["ping"]);
+      assert.deepEqual(await healthy.next(), ["pong"]);
+      latencies.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const { sent, ms } = await flood;
+    await closedInfo;
+    const m = await metrics(t);
+    const rssAfter = metric(m, "process_resident_memory_bytes");
+    assert.equal(metric(m, 'signal_queue_closed_total{bound="frames"}'), 1);
+    assert.equal(metric(m, "signal_connections"), 1);
+    latencies.sort((a, b) => a - b);
+    const max = latencies.at(-1)!;
+    console.log(
+      `flood: ${sent} frames in ${ms.toFixed(0)} ms, closed; healthy ping p50 ` +
+        `${latencies[latencies.length >> 1].toFixed(1)} ms, max ${max.toFixed(1)} ms ` +
+        `(${latencies.length} pings); RSS ${((rssAfter - rssBefore) / 2 ** 20).toFixed(1)} MiB`,
+    );
+    assert.ok(ms < 10_000, "the flooder was not closed within 10 s");
+    assert.ok(max < 50, `a ping took ${max.toFixed(1)} ms during the flood`);
+    assert.ok(rssAfter - rssBefore < 8 * 2 ** 20, `RSS grew by ${rssAfter - rssBefore} bytes`);
+  } finally {
+    await flooder.close();
+    await healthy.close();
   }
 });
 

@@ -12,7 +12,8 @@ import { Broker, type Connection, type Directory, type Limits } from "../../lib/
 export type Effect =
   | { kind: "send"; to: string; frame: string }
   | { kind: "close"; to: string; code: number; reason: string }
-  | { kind: "ice"; to: string; ident: string };
+  | { kind: "ice"; to: string; ident: string }
+  | { kind: "wake"; to: string; at: number };
 
 /** Options for {@link harness}. */
 export interface HarnessOptions {
@@ -48,7 +49,10 @@ export interface Harness {
   take(): Effect[];
   /** Takes the effects and returns them as `[to, parsedFrame]` pairs (sends only). */
   sent(): [string, unknown][];
-  /** Moves the clock forward by `ms`. */
+  /**
+   * Moves the clock forward by `ms`, waking each connection whose wake comes
+   * due on the way, in time order, at the time it was asked for.
+   */
   advance(ms: number): void;
 }
 
@@ -73,11 +77,18 @@ export function harness(options: HarnessOptions = {}): Harness {
   const conns = new Map<string, Connection<string>>();
   const clock = { now: options.start ?? 1_000_000 };
   let taken = 0;
+  /** Pending wakes: when each connection asked to be woken. */
+  const wakes = new Map<string, number>();
   const broker = new Broker<string>({
     outbox: {
       send: (to, frame) => effects.push({ kind: "send", to, frame }),
       close: (to, code, reason) => effects.push({ kind: "close", to, code, reason }),
       ice: (to, _conn, ident) => effects.push({ kind: "ice", to, ident }),
+      wake: (to, _conn, delayMs) => {
+        const at = clock.now + delayMs;
+        wakes.set(to, at);
+        effects.push({ kind: "wake", to, at });
+      },
     },
     now: () => clock.now,
     randomBytes: seededBytes(options.seed),
@@ -123,7 +134,16 @@ export function harness(options: HarnessOptions = {}): Harness {
       );
     },
     advance(ms) {
-      clock.now += ms;
+      const end = clock.now + ms;
+      for (;;) {
+        let next: [string, number] | undefined;
+        for (const w of wakes) if (w[1] <= end && (next === undefined || w[1] < next[1])) next = w;
+        if (next === undefined) break;
+        wakes.delete(next[0]);
+        if (next[1] > clock.now) clock.now = next[1];
+        h.broker.wake(h.conn(next[0]));
+      }
+      clock.now = end;
     },
   };
   return h;
