@@ -46,7 +46,8 @@ export interface Outbox<H> {
   close(to: H, code: number, reason: string): void;
   /**
    * Look up ICE servers for a connection (async work such as HMAC), then
-   * answer with {@link Broker.iceReply}. `ident` names the TURN user.
+   * answer with {@link Broker.iceReply} or {@link Broker.iceFailed}; the
+   * connection's later frames wait until then. `ident` names the TURN user.
    */
   ice(to: H, conn: Connection<H>, ident: string): void;
   /**
@@ -234,6 +235,8 @@ export class Connection<H> {
   head: number = 0;
   /** Bytes of the waiting frames. */
   queuedBytes: number = 0;
+  /** Set while the broker works through the queue (an answer may come re-entrantly). */
+  draining: boolean = false;
   /** When a wake is due (broker clock), or -1 when none is scheduled. */
   wakeAt: number = -1;
   /** @internal The frame budget; null when shaping is off. */
@@ -447,6 +450,18 @@ export class Broker<H> {
    * claim or an ice answer) or the queue is empty.
    */
   #drain(conn: Connection<H>): void {
+    // An ice answer given from inside Outbox.ice lands here while the frame
+    // that asked is still at the head; the loop already running goes on.
+    if (conn.draining) return;
+    conn.draining = true;
+    try {
+      this.#drainQueue(conn);
+    } finally {
+      conn.draining = false;
+    }
+  }
+
+  #drainQueue(conn: Connection<H>): void {
     const q = conn.queue;
     while (conn.head < q.length && conn.wait === "none" && !conn.closed) {
       const data = q[conn.head]!;
@@ -491,6 +506,8 @@ export class Broker<H> {
         this.#ident(conn);
         return;
       case "ice":
+        // Later frames wait for the answer, so replies keep the order of calls.
+        conn.wait = "ice";
         this.#outbox.ice(conn.handle, conn, this.#iceIdent(conn));
         return;
       case "ping":
@@ -499,9 +516,23 @@ export class Broker<H> {
     }
   }
 
-  /** Answers an `["ice"]` call once the server has the ICE servers. */
+  /**
+   * Answers the connection's pending `["ice"]` call once the transport has the
+   * ICE servers; the frames that waited behind it run next.
+   */
   iceReply(conn: Connection<H>, servers: readonly unknown[]): void {
+    if (conn.closed || conn.wait !== "ice") return;
     this.#send(conn, encodeIce(servers), "ice");
+    conn.wait = "none";
+    this.#drain(conn);
+  }
+
+  /** The ICE servers could not be had: the pending `["ice"]` call gets `unavailable`. */
+  iceFailed(conn: Connection<H>): void {
+    if (conn.closed || conn.wait !== "ice") return;
+    this.#fail(conn, "ice", "unavailable", "ICE servers cannot be had right now; retry later");
+    conn.wait = "none";
+    this.#drain(conn);
   }
 
   /**

@@ -117,30 +117,6 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     }
   }
 
-  /**
-   * The ["ice"] answer is computed asynchronously (WebCrypto); until it is
-   * sent, later effects for that socket wait behind it, so a client gets its
-   * answers in the order it asked (["ice"] then ["ping"] gives ice, then pong).
-   */
-  const behindIce = new Map<WebSocket, { tail: Promise<void>; size: number }>();
-  /** The socket whose ice answer is being sent right now, past its own queue. */
-  let answering: WebSocket | undefined;
-
-  function afterIce(ws: WebSocket, step: () => void | Promise<void>): void {
-    let q = behindIce.get(ws);
-    if (q === undefined) {
-      q = { tail: Promise.resolve(), size: 0 };
-      behindIce.set(ws, q);
-    }
-    const queue = q;
-    queue.size++;
-    queue.tail = queue.tail.then(step).catch((e) => {
-      log.error("ice lookup failed: {error}", { error: String(e) });
-    }).then(() => {
-      if (--queue.size === 0) behindIce.delete(ws);
-    });
-  }
-
   function internalError(ws: WebSocket, conn: Connection<WebSocket>, err: unknown): void {
     counters.internal_errors++;
     log.error("internal error, closing the connection: {error}", {
@@ -153,16 +129,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
   }
 
   const outbox: Outbox<WebSocket> = {
-    send(ws, frame) {
-      // The size test keeps the common case (no ice answer pending anywhere) to one compare.
-      if (behindIce.size !== 0 && ws !== answering && behindIce.has(ws)) {
-        afterIce(ws, () => deliver(ws, frame));
-      } else deliver(ws, frame);
-    },
-    close(ws, code, reason) {
-      if (behindIce.has(ws)) afterIce(ws, () => closeSocket(ws, code, reason));
-      else closeSocket(ws, code, reason);
-    },
+    send: deliver,
+    close: closeSocket,
     wake(ws, conn, delayMs) {
       clearTimeout(wakes.get(ws));
       wakes.set(
@@ -178,17 +146,13 @@ export function startServer(config: Config, options: StartOptions): SignalServer
       );
     },
     ice(ws, conn, ident) {
-      const servers = iceServers(config, ident, Date.now() / 1000);
-      servers.catch(() => {/* reported by afterIce */});
-      afterIce(ws, async () => {
-        const list = await servers;
-        answering = ws;
-        try {
-          broker.iceReply(conn, list);
-        } finally {
-          answering = undefined;
-        }
-      });
+      iceServers(config, ident, Date.now() / 1000).then(
+        (list) => broker.iceReply(conn, list),
+        (e) => {
+          log.error("ice lookup failed: {error}", { error: String(e) });
+          broker.iceFailed(conn);
+        },
+      ).catch((err) => internalError(ws, conn, err));
     },
   };
 

@@ -421,7 +421,11 @@ function run(limits: Limits, actions: Action[], coverage: Coverage = new Map()):
     outbox: {
       send: (to, frame) => effects.push({ kind: "send", to, msg: JSON.parse(frame) }),
       close: (to, code) => effects.push({ kind: "close", to, code }),
-      ice: (to, _c, ident) => effects.push({ kind: "ice", to, ident }),
+      // The server answers later; answering at once (re-entrantly) keeps the model simple.
+      ice: (to, conn, ident) => {
+        effects.push({ kind: "ice", to, ident });
+        broker.iceReply(conn, []);
+      },
       wake() {},
     },
     now: () => 0,
@@ -533,6 +537,7 @@ function run(limits: Limits, actions: Action[], coverage: Coverage = new Map()):
             assert.match(who, /^[a-z]{24}$/);
           }
           expected.push({ kind: "ice", to: c.name, ident: who });
+          model.send(expected, c, ["ice", []]);
           break;
         }
         case "signal":

@@ -563,11 +563,15 @@ Deno.test("ice asks the outbox with a held ident, else the issued one, else a ra
   const random = (first as { ident: string }).ident;
   assert.match(random, /^[a-z]{24}$/);
   assert.equal(h.broker.issued, 0, "a random TURN user is not an issued ident");
+  h.broker.iceReply(h.conn("A"), []);
+  assert.deepEqual(h.sent(), [["A", ["ice", []]]]);
 
   h.call("A", "ident");
   const id = (h.sent()[0][1] as string[])[1];
   h.call("A", "ice");
   assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: id }]);
+  h.broker.iceReply(h.conn("A"), []);
+  h.take();
 
   h.call("A", "join", "alice", "lobby");
   h.call("A", "join", "alias", "hall");
@@ -581,8 +585,55 @@ Deno.test("ice asks the outbox with a held ident, else the issued one, else a ra
   ];
   h.broker.iceReply(h.conn("A"), servers);
   assert.deepEqual(h.take(), [{ kind: "send", to: "A", frame: JSON.stringify(["ice", servers]) }]);
+  // An answer with no call pending goes nowhere.
   h.broker.iceReply(h.conn("A"), []);
-  assert.deepEqual(h.sent(), [["A", ["ice", []]]]);
+  assert.deepEqual(h.sent(), []);
+});
+
+Deno.test("ice: later frames wait for the answer, so replies keep the order of calls", () => {
+  const h = harness();
+  joined(h, "r", "B");
+  h.open("A");
+  h.call("A", "join", "a", "r");
+  h.take();
+  h.call("A", "ice");
+  h.call("A", "ping");
+  h.call("A", "signal", "r:a", "r:b", 1);
+  h.call("A", "ice");
+  h.call("A", "ping");
+  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: "a" }]);
+  h.broker.iceReply(h.conn("A"), [{ urls: "stun:one" }]);
+  assert.deepEqual(h.take(), [
+    { kind: "send", to: "A", frame: '["ice",[{"urls":"stun:one"}]]' },
+    { kind: "send", to: "A", frame: '["pong"]' },
+    { kind: "send", to: "B", frame: '["signal","r:b","r:a",1]' },
+    { kind: "ice", to: "A", ident: "a" },
+  ]);
+  // A failed lookup answers unavailable, and the rest runs.
+  h.broker.iceFailed(h.conn("A"));
+  assert.deepEqual(h.sent().map(([to, m]) => [to, (m as string[]).slice(0, 3)]), [
+    ["A", ["error", "ice", "unavailable"]],
+    ["A", ["pong"]],
+  ]);
+  // An answer given from inside Outbox.ice (re-entrantly) works the same.
+  const sent: string[] = [];
+  const b = new Broker<number>({
+    outbox: {
+      send: (_to, f) => sent.push(f),
+      close() {},
+      ice: (_to, conn) => b.iceReply(conn, []),
+      wake() {},
+    },
+    now: () => 0,
+    randomBytes: (buf) => crypto.getRandomValues(buf),
+  });
+  const c = b.open(1);
+  b.frame(c, '["ice"]');
+  b.frame(c, '["ping"]');
+  b.frame(c, '["ice"]');
+  b.frame(c, '["ping"]');
+  assert.deepEqual(sent, ['["ice",[]]', '["pong"]', '["ice",[]]', '["pong"]']);
+  assert.equal(c.queued, 0);
 });
 
 Deno.test("ident ids are 24 lowercase letters and unique", () => {
@@ -674,6 +725,9 @@ Deno.test("a repeated [ident] replaces the ident the legacy join uses", () => {
   h.call("A", "ice");
   assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: second }]);
   h.close("A");
+  // The answer comes after the close and goes nowhere.
+  h.broker.iceReply(h.conn("A"), []);
+  assert.deepEqual(h.take(), []);
   assertEmpty(h);
 });
 
@@ -1091,6 +1145,8 @@ Deno.test("binary frames holding UTF-8 JSON are treated exactly like text frames
   ]);
   h.raw("A", bin(["ice"]));
   assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: id }]);
+  h.broker.iceReply(h.conn("A"), []);
+  h.take();
   h.raw("A", bin(["nope"]));
   expectError(h, "A", "nope", "unknown-call");
   h.raw("A", bin(["join"]));
