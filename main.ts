@@ -48,10 +48,11 @@ async function main(): Promise<number> {
   const log = logger("main");
   let server;
   try {
-    const cluster = config.redisUrl === "" ? undefined : (await import("./lib/cluster.ts")).Cluster;
+    const redis = config.redisUrl === "" ? undefined : await import("./lib/cluster/redis.ts");
+    const cluster = redis?.RedisBackplane;
     server = startServer(config, {
       version: VERSION,
-      cluster: cluster && ((o) => new cluster<WebSocket>(o)),
+      cluster: cluster && ((o) => new cluster(o)),
     });
   } catch (e) {
     // Name the address: "address in use" alone does not say which setting to change.

@@ -9,7 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { DEFAULT_LIMITS, type Limits } from "./broker.ts";
+import { DEFAULT_LIMITS, type Limits } from "./diva/broker.ts";
 
 /** The server's whole configuration. */
 export interface Config {
@@ -401,8 +401,12 @@ export type ParsedCommand =
  *
  * @example
  * ```ts
- * const cmd = parseConfig({ args: ["--port", "8080"], env: () => undefined, readTextFile: () => "" });
- * if (cmd.kind === "run") console.log(cmd.config.port); // 8080
+ * import assert from "node:assert/strict";
+ * const env = (name: string) => (name === "RATE_LIMIT" ? "50" : undefined);
+ * const cmd = parseConfig({ args: ["--port", "8080"], env, readTextFile: () => "" });
+ * assert.ok(cmd.kind === "run");
+ * assert.equal(cmd.config.port, 8080);
+ * assert.equal(cmd.config.limits.rate, 50);
  * ```
  */
 export function parseConfig(source: ConfigSource): ParsedCommand {

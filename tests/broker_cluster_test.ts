@@ -5,17 +5,23 @@
  */
 
 import assert from "node:assert/strict";
-import type { Connection, Directory } from "../lib/broker.ts";
+import type { Directory } from "../lib/diva/broker.ts";
 import { harness } from "./helpers/broker_harness.ts";
 
-/** A directory that records what the broker asked of it. */
+/** A directory that records what the broker asked of it (claims by `names`, when set). */
 function recordingDirectory(relayOk = true) {
   const log: unknown[][] = [];
-  const dir: Directory<string> & { log: unknown[][]; relayOk: boolean } = {
+  const names = new Map<number, string>();
+  const dir: Directory<string> & {
+    log: unknown[][];
+    relayOk: boolean;
+    names: Map<number, string>;
+  } = {
     log,
     relayOk,
-    claim(conn: Connection<string>, room: string, ident: string) {
-      log.push(["claim", conn.handle, room, ident]);
+    names,
+    claim(conn: number, room: string, ident: string) {
+      log.push(["claim", names.get(conn) ?? conn, room, ident]);
     },
     release(g: string, room: string) {
       log.push(["release", g, room]);
@@ -35,11 +41,12 @@ Deno.test("cluster seam: a join waits for its claim and frames queue meanwhile",
   const dir = recordingDirectory();
   const h = harness({ directory: dir });
   const a = h.open("A");
+  dir.names.set(a.id, "A");
   h.call("A", "join", "alice", "r");
   h.call("A", "ping");
   assert.deepEqual(dir.log, [["claim", "A", "r", "alice"]]);
   assert.deepEqual(h.sent(), [], "nothing answered before the claim completes");
-  h.broker.memberJoined("r", "alice", "me", a);
+  h.broker.memberJoined("r", "alice", "me", a.id);
   assert.deepEqual(h.sent(), [["A", ["join", "r:alice"]], ["A", ["pong"]]]);
 });
 
@@ -50,7 +57,7 @@ Deno.test("cluster seam: remote joins are announced in order, joiner as initiato
   h.call("A", "join", "alice", "r");
   // Bob (remote) joined before alice's join took effect: alice hears of him.
   h.broker.memberJoined("r", "bob", "other", null);
-  h.broker.memberJoined("r", "alice", "me", a);
+  h.broker.memberJoined("r", "alice", "me", a.id);
   assert.deepEqual(h.sent(), [
     ["A", ["join", "r:alice"]],
     ["A", ["stun", "r:alice", "r:bob", true]],
@@ -73,7 +80,7 @@ Deno.test("cluster seam: signals to remote members go through the directory", ()
   const h = harness({ directory: dir });
   const a = h.open("A");
   h.call("A", "join", "alice", "r");
-  h.broker.memberJoined("r", "alice", "me", a);
+  h.broker.memberJoined("r", "alice", "me", a.id);
   h.broker.memberJoined("r", "bob", "other", null);
   h.take();
   dir.log.length = 0;
@@ -99,7 +106,7 @@ Deno.test("cluster seam: refused claims answer the error and run queued frames",
   const a = h.open("A");
   h.call("A", "join", "alice", "r");
   h.call("A", "ping");
-  h.broker.claimRefused(a, "r", "ident-taken", "r:alice");
+  h.broker.claimRefused(a.id, "r", "ident-taken", "r:alice");
   assert.deepEqual(h.sent(), [
     ["A", ["error", "join", "ident-taken", "r:alice"]],
     ["A", ["pong"]],
@@ -113,7 +120,7 @@ Deno.test("cluster seam: leaves, deaths and closes release and say bye", () => {
   const h = harness({ directory: dir });
   const a = h.open("A");
   h.call("A", "join", "alice", "r");
-  h.broker.memberJoined("r", "alice", "me", a);
+  h.broker.memberJoined("r", "alice", "me", a.id);
   h.broker.memberJoined("r", "bob", "other", null);
   h.broker.memberJoined("r", "dan", "third", null);
   h.take();
@@ -140,7 +147,7 @@ Deno.test("cluster seam: a claim that completes after its connection closed is r
   const a = h.open("A");
   h.call("A", "join", "alice", "r");
   h.close("A");
-  h.broker.memberJoined("r", "alice", "me", a);
+  h.broker.memberJoined("r", "alice", "me", a.id);
   assert.deepEqual(dir.log.slice(1), [["release", "r:alice", "r"], ["unwatch", "r"]]);
   assert.equal(h.broker.idents, 0);
   assert.equal(h.broker.rooms, 0);

@@ -14,7 +14,7 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Broker, type Connection } from "../lib/broker.ts";
+import { Broker, type Connection } from "../lib/diva/broker.ts";
 import { seededBytes } from "./helpers/broker_harness.ts";
 
 const IDENTS = ["a", "b", "c"];

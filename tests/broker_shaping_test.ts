@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { CloseCode, DEFAULT_LIMITS, MAX_BUDGET_PAIRS } from "../lib/broker.ts";
+import { CloseCode, DEFAULT_LIMITS, MAX_BUDGET_PAIRS } from "../lib/diva/broker.ts";
 import { frameCost } from "../lib/shaping.ts";
 import { type Effect, type Harness, harness } from "./helpers/broker_harness.ts";
 

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Broker, CloseCode, DEFAULT_LIMITS } from "../lib/broker.ts";
+import { Broker, CloseCode, DEFAULT_LIMITS } from "../lib/diva/broker.ts";
 import { type Effect, type Harness, harness } from "./helpers/broker_harness.ts";
 
 const enc = new TextEncoder();

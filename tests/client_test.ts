@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { SignalClient, SignalError } from "../lib/client/client.js";
-import { CLIENT_JS } from "../lib/assets.ts";
+import { CLIENT_JS } from "../lib/http/assets.ts";
 import { startTestServer, type TestServer } from "./helpers/browser.ts";
 
 /** Bound on any single wait, in ms. */

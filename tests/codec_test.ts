@@ -21,8 +21,8 @@ import {
   type Fault,
   isFault,
   PONG,
-} from "../lib/codec.ts";
-import { globalColon, isJsonPlain, isName, MAX_NAME_LENGTH } from "../lib/names.ts";
+} from "../lib/diva/codec.ts";
+import { globalColon, isJsonPlain, isName, MAX_NAME_LENGTH } from "../lib/diva/names.ts";
 
 const enc = new TextEncoder();
 
@@ -44,7 +44,7 @@ function signalCall(raw: string | Uint8Array): Call & { 0: "signal" } {
 
 // ---------------------------------------------------------------- names
 
-/** The naming rule of PROTOCOL.md, written independently of lib/names.ts. */
+/** The naming rule of PROTOCOL.md, written independently of lib/diva/names.ts. */
 const NAME_RE = /^[\x21-\x39\x3b-\x7e]{1,256}$/;
 
 Deno.test("isName: 1–256 printable ASCII characters other than ':'", () => {

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { DEFAULT_LIMITS } from "../lib/broker.ts";
+import { DEFAULT_LIMITS } from "../lib/diva/broker.ts";
 import {
   type Config,
   ConfigError,

@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { startServer } from "../lib/server.ts";
-import { type IceServer, turnCredential } from "../lib/turn.ts";
+import { type IceServer, turnCredential } from "../lib/ice/turn.ts";
 import {
   type Coturn,
   coturnAvailable,

@@ -10,7 +10,7 @@ import { createHmac } from "node:crypto";
 import fc from "fast-check";
 import { type Config, ConfigError, parseConfig } from "../lib/config.ts";
 import { startServer } from "../lib/server.ts";
-import { type IceConfig, type IceServer, iceServers, turnCredential } from "../lib/turn.ts";
+import { type IceConfig, type IceServer, iceServers, turnCredential } from "../lib/ice/turn.ts";
 import { withTimeout, WsClient } from "./helpers/ws_client.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;

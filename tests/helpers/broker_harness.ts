@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Broker, type Connection, type Directory, type Limits } from "../../lib/broker.ts";
+import { Broker, type Connection, type Directory, type Limits } from "../../lib/diva/broker.ts";
 
 /** One effect the broker asked for, in the order it asked. */
 export type Effect =

@@ -36,7 +36,8 @@ import {
   SIGNAL_TO,
 } from "./codec.ts";
 import { globalColon } from "./names.ts";
-import { Budget, frameCost } from "./shaping.ts";
+import { Budget, frameCost } from "../shaping.ts";
+import { utf8Exceeds } from "../transport/utf8.ts";
 
 /** The effects the broker asks for; the server carries them out. */
 export interface Outbox<H> {
@@ -59,15 +60,20 @@ export interface Outbox<H> {
 }
 
 /**
- * The shared directory of a cluster (see `lib/cluster.ts`). Without one the
+ * The shared directory of a cluster (see `lib/cluster/`). Without one the
  * broker is the only authority and decides every join at once. With one, a
  * join is claimed in the directory first and completes later, through
  * {@link Broker.memberJoined} or {@link Broker.claimRefused}; members on other
- * instances appear in rooms with `conn === null`.
+ * instances appear in rooms with `conn === null`. Connections cross this seam
+ * as their ids ({@link Connection.id}), never as objects; `_H` is unused and
+ * kept so `Directory<H>` still names the directory of a `Broker<H>`.
  */
-export interface Directory<H> {
-  /** Claims `room:ident` for `conn` across the cluster; answers asynchronously. */
-  claim(conn: Connection<H>, room: string, ident: string): void;
+export interface Directory<_H = unknown> {
+  /**
+   * Claims `room:ident` for the connection with id `conn` across the
+   * cluster; answers asynchronously, with that id.
+   */
+  claim(conn: number, room: string, ident: string): void;
   /** Gives up a global ident held here (a leave or a close). */
   release(g: string, room: string): void;
   /** Forwards a frame to a member on another instance; false if that cannot be done now. */
@@ -284,15 +290,27 @@ function counters<K extends string>(keys: readonly K[]): Record<K, number> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const sent: [number, string][] = [];
  * const broker = new Broker<number>({
- *   outbox: { send: (to, f) => sent.push([to, f]), close() {}, ice() {} },
+ *   outbox: { send: (to, f) => sent.push([to, f]), close() {}, ice() {}, wake() {} },
  *   now: () => Date.now(),
  *   randomBytes: (b) => crypto.getRandomValues(b),
  * });
  * const a = broker.open(1);
- * broker.frame(a, '["join","alice","lobby"]'); // sent: [[1, '["join","lobby:alice"]']]
+ * const b = broker.open(2);
+ * broker.frame(a, '["join","alice","lobby"]');
+ * broker.frame(b, '["join","bob","lobby"]');
+ * assert.deepEqual(sent, [
+ *   [1, '["join","lobby:alice"]'],
+ *   [2, '["join","lobby:bob"]'],
+ *   [1, '["stun","lobby:alice","lobby:bob",false]'],
+ *   [2, '["stun","lobby:bob","lobby:alice",true]'],
+ * ]);
+ * broker.close(b);
+ * assert.deepEqual(sent.at(-1), [1, '["bye","lobby:alice","lobby:bob"]']);
  * broker.close(a);
+ * assert.equal(broker.rooms, 0);
  * ```
  */
 export class Broker<H> {
@@ -318,6 +336,8 @@ export class Broker<H> {
   readonly #directory: Directory<H> | undefined;
   /** Remote members by instance, to drop them all when an instance dies. */
   readonly #remote = new Map<string, Set<string>>();
+  /** Connections whose join the directory is claiming, by id (one claim each at a time). */
+  readonly #claiming = new Map<number, Connection<H>>();
   readonly #random = new Uint8Array(48);
   #connections = 0;
   #nextId = 1;
@@ -365,9 +385,8 @@ export class Broker<H> {
    */
   frame(conn: Connection<H>, data: string | Uint8Array): void {
     if (conn.closed) return;
-    if (this.#tooLarge(data)) {
-      this.#fail(conn, "frame", "too-large", `frame exceeds ${this.limits.maxFrameBytes} bytes`);
-      this.#close(conn, CloseCode.tooLarge, "frame too large");
+    if (utf8Exceeds(data, this.limits.maxFrameBytes)) {
+      this.tooLarge(conn);
       return;
     }
     if (conn.head === conn.queue.length && conn.wait === "none") {
@@ -378,6 +397,16 @@ export class Broker<H> {
       return;
     }
     this.#enqueue(conn, data);
+  }
+
+  /**
+   * A frame over `maxFrameBytes` arrived (found here, or by a transport that
+   * checks sizes as bytes arrive): `too-large`, then close with 1009.
+   */
+  tooLarge(conn: Connection<H>): void {
+    if (conn.closed) return;
+    this.#fail(conn, "frame", "too-large", `frame exceeds ${this.limits.maxFrameBytes} bytes`);
+    this.#close(conn, CloseCode.tooLarge, "frame too large");
   }
 
   /**
@@ -553,25 +582,6 @@ export class Broker<H> {
     }
   }
 
-  #tooLarge(data: string | Uint8Array): boolean {
-    const max = this.limits.maxFrameBytes;
-    if (typeof data !== "string") return data.byteLength > max;
-    const n = data.length;
-    if (n > max) return true;
-    if (n * 3 <= max) return false;
-    let bytes = 0;
-    for (let i = 0; i < n; i++) {
-      const c = data.charCodeAt(i);
-      if (c < 0x80) bytes += 1;
-      else if (c < 0x800) bytes += 2;
-      else if (c >= 0xd800 && c <= 0xdbff && i + 1 < n) {
-        bytes += 4;
-        i++;
-      } else bytes += 3;
-    }
-    return bytes > max;
-  }
-
   #signal(conn: Connection<H>, call: Call & { 0: "signal" }, raw: string | Uint8Array): void {
     const from = call[1];
     const to = call[2];
@@ -638,7 +648,8 @@ export class Broker<H> {
     if (this.#directory !== undefined) {
       room.local++;
       conn.wait = "claim";
-      this.#directory.claim(conn, roomName, ident);
+      this.#claiming.set(conn.id, conn);
+      this.#directory.claim(conn.id, roomName, ident);
       return;
     }
     this.#add(room, ident, g, conn, "");
@@ -677,16 +688,14 @@ export class Broker<H> {
   }
 
   /**
-   * Cluster: a join took effect, in the cluster's order of joins. `conn` is
-   * the local connection that claimed it (its join completes now), or null
-   * for a member on `instance`. Announces the pairs as a local join would.
+   * Cluster: a join took effect, in the cluster's order of joins. `id` is
+   * the id of the local connection that claimed it (its join completes now),
+   * or null for a member on `instance`. Announces the pairs as a local join
+   * would. An id with no claim outstanding is ignored.
    */
-  memberJoined(
-    roomName: string,
-    ident: string,
-    instance: string,
-    conn: Connection<H> | null,
-  ): void {
+  memberJoined(roomName: string, ident: string, instance: string, id: number | null): void {
+    const conn = id === null ? null : this.#claimant(id);
+    if (conn === undefined) return;
     const g = roomName + ":" + ident;
     let room = this.#rooms.get(roomName);
     const stale = this.#members.get(g);
@@ -730,8 +739,13 @@ export class Broker<H> {
     for (const g of set) this.memberLeft(g);
   }
 
-  /** Cluster: a claim was refused; the join fails with `code`. */
-  claimRefused(conn: Connection<H>, roomName: string, code: ErrorCode, detail: string): void {
+  /**
+   * Cluster: the claim of the connection with id `id` was refused; its join
+   * fails with `code`. An id with no claim outstanding is ignored.
+   */
+  claimRefused(id: number, roomName: string, code: ErrorCode, detail: string): void {
+    const conn = this.#claimant(id);
+    if (conn === undefined) return;
     conn.wait = "none";
     const room = this.#rooms.get(roomName);
     if (room !== undefined) {
@@ -741,6 +755,13 @@ export class Broker<H> {
     if (conn.closed) return;
     this.#fail(conn, "join", code, detail);
     this.#drain(conn);
+  }
+
+  /** The connection whose claim answered (closed or not), no longer claiming. */
+  #claimant(id: number): Connection<H> | undefined {
+    const conn = this.#claiming.get(id);
+    this.#claiming.delete(id);
+    return conn;
   }
 
   /** Cluster: the members of a room as this instance sees them, in join order. */

@@ -13,8 +13,9 @@ export const MAX_NAME_LENGTH = 256;
  *
  * @example
  * ```ts
- * isName("lobby"); // true
- * isName("a:b"); // false
+ * import assert from "node:assert/strict";
+ * assert.equal(isName("lobby"), true);
+ * assert.equal(isName("a:b"), false);
  * ```
  */
 export function isName(s: unknown): s is string {
@@ -34,8 +35,9 @@ export function isName(s: unknown): s is string {
  *
  * @example
  * ```ts
- * globalColon("lobby:bob"); // 5
- * globalColon("lobby"); // -1
+ * import assert from "node:assert/strict";
+ * assert.equal(globalColon("lobby:bob"), 5);
+ * assert.equal(globalColon("lobby"), -1);
  * ```
  */
 export function globalColon(g: unknown): number {

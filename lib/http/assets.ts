@@ -8,9 +8,9 @@
  * @module
  */
 
-import clientJs from "./client/client.js" with { type: "text" };
-import clientDts from "./client/client.d.ts" with { type: "text" };
-import demoHtml from "./demo.html" with { type: "text" };
+import clientJs from "../client/client.js" with { type: "text" };
+import clientDts from "../client/client.d.ts" with { type: "text" };
+import demoHtml from "../client/demo.html" with { type: "text" };
 
 /** A static file: its body and headers. */
 interface Asset {

@@ -66,8 +66,10 @@ function base64(bytes: Uint8Array): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const c = await turnCredential("secret", "alice", 1_700_000_000, 3600);
- * c.username; // "1700003600:alice"
+ * assert.equal(c.username, "1700003600:alice");
+ * assert.match(c.credential, /^[A-Za-z0-9+\/]{27}=$/);
  * ```
  */
 export async function turnCredential(

@@ -1,8 +1,17 @@
 /**
  * The HTML pages the server shows to people: the status page and the 404.
+ * Pages show counts only, never idents, room names, tokens or payloads.
  *
  * @module
  */
+
+import type { EngineStatus } from "../transport/engine.ts";
+
+/** A protocol mounted on the server, as the status page shows it. */
+export interface StatusSection extends EngineStatus {
+  /** The WebSocket URL clients of this protocol connect to, as seen from this request. */
+  readonly wsUrl: string;
+}
 
 /** What the status page shows. */
 export interface StatusInfo {
@@ -12,14 +21,8 @@ export interface StatusInfo {
   version: string;
   /** Seconds since start. */
   uptimeSeconds: number;
-  /** Open connections. */
-  connections: number;
-  /** Rooms with members. */
-  rooms: number;
-  /** Global idents held. */
-  idents: number;
-  /** The WebSocket URL clients connect to, as seen from this request. */
-  wsUrl: string;
+  /** One section per mounted protocol, the DIVA protocol first. */
+  sections: readonly StatusSection[];
 }
 
 /** Escapes text for HTML. */
@@ -40,24 +43,31 @@ const STYLE =
 h1{font-size:1.5rem}table{border-collapse:collapse}td{padding:.2rem 1rem .2rem 0}
 code,pre{background:#f4f4f4;padding:.1rem .3rem;border-radius:3px}pre{padding:.6rem;overflow:auto}`;
 
+function section(s: StatusSection): string {
+  const rows = s.counts.map(([id, label, value]) =>
+    `<tr><td>${escapeHtml(label)}</td><td id="${escapeHtml(id)}">${value}</td></tr>`
+  ).join("\n");
+  const ws = `<code>${escapeHtml(s.wsUrl)}</code>`;
+  const connect = escapeHtml(s.connect).replace("{ws}", ws);
+  return `<h2>${escapeHtml(s.title)}</h2>
+<p>${connect}</p>
+<table>
+${rows}
+</table>`;
+}
+
 /** The status page at `GET /`. */
 export function statusPage(s: StatusInfo): string {
-  const ws = escapeHtml(s.wsUrl);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${escapeHtml(s.name)}</title><style>${STYLE}</style></head>
 <body>
 <h1>${escapeHtml(s.name)} <small>${escapeHtml(s.version)}</small></h1>
-<p>A WebRTC signal server speaking the DIVA signal protocol: peers meet here, exchange offers,
-answers and ICE candidates, then talk directly.</p>
-<table>
-<tr><td>Uptime</td><td id="uptime">${duration(s.uptimeSeconds)}</td></tr>
-<tr><td>Connections</td><td id="connections">${s.connections}</td></tr>
-<tr><td>Rooms</td><td id="rooms">${s.rooms}</td></tr>
-<tr><td>Idents</td><td id="idents">${s.idents}</td></tr>
-</table>
-<h2>Connect</h2>
-<p>Open a WebSocket to <code>${ws}</code> and send JSON arrays:</p>
+<p>A WebRTC signal server: peers meet here, exchange offers, answers and ICE candidates, then talk
+directly.</p>
+<table><tr><td>Uptime</td><td id="uptime">${duration(s.uptimeSeconds)}</td></tr></table>
+${s.sections.map(section).join("\n")}
+<p>DIVA example:</p>
 <pre>["ident"]                  → ["ident", id]
 ["join", id, "lobby"]      → ["join", "lobby:" + id], then ["stun", …] per peer
 ["signal", from, to, data] → the peer gets ["signal", to, from, data]</pre>

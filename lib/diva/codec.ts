@@ -114,8 +114,10 @@ export function isFault(x: Call | Fault): x is Fault {
  *
  * @example
  * ```ts
- * const c = decode('["join","bob","lobby"]');
- * if (!isFault(c) && c[0] === "join") console.log(c.length); // 3
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(decode('["join","bob","lobby"]'), ["join", "bob", "lobby"]);
+ * const f = decode('["join","a:b","lobby"]');
+ * assert.ok(isFault(f) && f.code === "bad-args");
  * ```
  */
 export function decode(frame: string | Uint8Array): Call | Fault {

@@ -1,0 +1,403 @@
+/**
+ * Cluster mode: many instances, one mesh, over a Redis backplane.
+ *
+ * Redis is the directory: who holds each global ident (`sig:owner`), each
+ * room's members in join order (`sig:room:<room>`, scored by a global
+ * sequence number), and each instance's members (`sig:im:<id>`). Every claim
+ * and release is one Lua script (`lib/cluster/scripts.ts`), so joins never
+ * race, and each script publishes its event (`seq|kind|instance|g`) on the
+ * room's channel (`sig:ev:<room>`) from inside the script: every instance
+ * that watches the room sees the joins and leaves in exactly the order Redis
+ * applied them.
+ *
+ * This module is the I/O half: two ioredis clients (commands, and
+ * subscriptions), the scripts, liveness, reaping and recovery. What the
+ * replies and channel messages mean for the broker, and in which order they
+ * apply, is the {@link Sequencer}'s (`lib/cluster/sequencer.ts`): this
+ * adapter feeds it and hands it the broker, through the narrow
+ * {@link ClusterBroker} interface, as its sink. Signals to a remote member
+ * are published on the holder's channel (`sig:to:<id>`).
+ *
+ * Liveness: each instance refreshes `sig:alive:<id>` (expires after 5 s)
+ * every second; every instance reaps instances whose key expired, releasing
+ * their members with leave events, so survivors say `bye` within seconds.
+ * When Redis comes back after an outage (even empty), each instance
+ * re-registers its members, flushes the releases it could not make, and
+ * re-reads the rooms it watches.
+ *
+ * @module
+ */
+
+import { Redis } from "ioredis";
+import type { Directory } from "../diva/broker.ts";
+import { logger } from "../log.ts";
+import type { Backplane, BackplaneOptions, ClusterBroker } from "./backplane.ts";
+import { type Reply, SCRIPTS, type Scripts } from "./scripts.ts";
+import {
+  type ClaimAnswer,
+  type Holder,
+  type RoomEvent,
+  Sequencer,
+  type View,
+} from "./sequencer.ts";
+
+/** Liveness timing. */
+const HEARTBEAT_MS = 1000;
+const ALIVE_TTL_MS = 5000;
+const PRUNE_AFTER_MS = 3000;
+const COMMAND_TIMEOUT_MS = 2000;
+/** Heartbeats in a row that may fail before the link is deemed dead and reopened. */
+const MAX_MISSED_HEARTBEATS = 2;
+
+/** Settings of the Redis backplane. */
+export interface RedisBackplaneOptions extends BackplaneOptions {
+  /** The clock for liveness audits, in ms (default `Date.now`). Timers stay real. */
+  now?: () => number;
+}
+
+function randomId(): string {
+  const b = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(b, (x) => String.fromCharCode(0x61 + (x % 26))).join("");
+}
+
+function parseEvent(msg: string): RoomEvent | undefined {
+  const a = msg.indexOf("|");
+  const b = msg.indexOf("|", a + 1);
+  const c = msg.indexOf("|", b + 1);
+  if (a < 0 || b < 0 || c < 0) return undefined;
+  const kind = msg.slice(a + 1, b);
+  if (kind !== "j" && kind !== "l" && kind !== "r") return undefined;
+  return { seq: Number(msg.slice(0, a)), kind, instance: msg.slice(b + 1, c), g: msg.slice(c + 1) };
+}
+
+/** The members of a script reply, `[…, g, owner, g, owner…]` from `at`. */
+function holders(reply: Reply, at: number): Holder[] {
+  const out: Holder[] = [];
+  for (let i = at; i + 1 < reply.length; i += 2) {
+    out.push({ g: String(reply[i]), instance: String(reply[i + 1]) });
+  }
+  return out;
+}
+
+function claimAnswer(reply: Reply): ClaimAnswer {
+  if (reply[0] === "taken") return { kind: "taken" };
+  if (reply[0] === "full") return { kind: "full" };
+  return { kind: "ok", seq: Number(reply[1]), members: holders(reply, 2) };
+}
+
+/**
+ * This instance's link to the cluster: a {@link Backplane} for the server,
+ * and the broker's {@link Directory}, backed by Redis.
+ *
+ * @example
+ * ```ts ignore
+ * const cluster = new RedisBackplane({
+ *   url: "redis://127.0.0.1:6379",
+ *   maxPeersPerRoom: 256,
+ *   broker: () => broker,
+ * });
+ * const broker = new Broker({ ...options, directory: cluster });
+ * await cluster.start();
+ * ```
+ */
+export class RedisBackplane implements Backplane, Directory {
+  /** This instance's id in the cluster. */
+  readonly id: string = randomId();
+  readonly #options: RedisBackplaneOptions;
+  readonly #now: () => number;
+  readonly #cmd: Redis & Scripts;
+  readonly #sub: Redis;
+  readonly #log = logger("cluster");
+  #broker: ClusterBroker | undefined;
+  #seq: Sequencer | undefined;
+  /** Channel subscriptions of the sequencer's views, by room; settle when acknowledged. */
+  readonly #subscribed = new Map<string, Promise<unknown>>();
+  /** Releases that could not be made while Redis was away, by global ident. */
+  readonly #unreleased = new Map<string, string>();
+  /** Remote instances seen missing, with when. */
+  readonly #missingSince = new Map<string, number>();
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #ready = false;
+  #recovering = false;
+  #stopped = false;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #pruneTimer: ReturnType<typeof setTimeout> | undefined;
+  #missedHeartbeats = 0;
+
+  /** A cluster link; nothing connects until {@link start}. */
+  constructor(options: RedisBackplaneOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    const common = {
+      lazyConnect: true,
+      maxRetriesPerRequest: 1,
+      retryStrategy: (n: number) => Math.min(100 * n, 1000),
+    };
+    // A Redis that stops answering without closing the connection must not
+    // leave calls hanging: commands give up after COMMAND_TIMEOUT_MS.
+    this.#cmd = new Redis(options.url, {
+      ...common,
+      enableOfflineQueue: false,
+      commandTimeout: COMMAND_TIMEOUT_MS,
+    }) as
+      & Redis
+      & Scripts;
+    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
+    for (const [name, lua] of SCRIPTS) this.#cmd.defineCommand(name, { numberOfKeys: 0, lua });
+    for (const r of [this.#cmd, this.#sub]) {
+      r.on("error", (e: Error) => this.#log.debug("redis: {error}", { error: e.message }));
+      r.on("close", () => this.#down());
+      r.on("ready", () => this.#up());
+    }
+    this.#sub.on("message", (channel: string, message: string) => {
+      try {
+        this.#message(channel, message);
+      } catch (e) {
+        // One bad event must not take the instance down.
+        this.#log.error("cluster event failed: {error}", { error: (e as Error).stack ?? e });
+      }
+    });
+  }
+
+  /** True while Redis is reachable and this instance is registered. */
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** Connects, registers this instance and starts the heartbeat. */
+  async start(): Promise<void> {
+    this.#broker = this.#options.broker();
+    this.#seq = new Sequencer(this.id, this.#broker);
+    this.#timer = setInterval(() => this.#tick(), HEARTBEAT_MS);
+    await Promise.allSettled([this.#cmd.connect(), this.#sub.connect()]);
+    await this.#sub.subscribe(`sig:to:${this.id}`).catch(() => {});
+    this.#up();
+  }
+
+  /**
+   * Stops: waits for releases in flight (the broker released every member
+   * when its connections closed), deletes this instance's registration and
+   * disconnects.
+   */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    clearTimeout(this.#pruneTimer);
+    await Promise.allSettled([...this.#inFlight]);
+    if (this.#cmd.status === "ready") {
+      await Promise.allSettled([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
+      await this.#cmd.sigGoodbye(this.id).catch(() => {});
+    }
+    this.#cmd.disconnect();
+    this.#sub.disconnect();
+    this.#setReady(false);
+  }
+
+  /** {@link Directory.claim}: runs the claim script; the sequencer completes the join in turn. */
+  claim(conn: number, room: string, ident: string): void {
+    const seq = this.#seq!;
+    if (!this.#ready) {
+      queueMicrotask(() => seq.claimUnavailable(conn, room));
+      return;
+    }
+    let subscribed = this.#subscribed.get(room);
+    if (subscribed === undefined) {
+      subscribed = this.#sub.subscribe(`sig:ev:${room}`);
+      subscribed.catch(() => {});
+      this.#subscribed.set(room, subscribed);
+    }
+    const view = seq.claimStarted(room);
+    const g = room + ":" + ident;
+    this.#track((async () => {
+      let reply: Reply;
+      try {
+        await subscribed;
+        reply = await this.#cmd.sigClaim(g, room, this.id, this.#options.maxPeersPerRoom);
+      } catch (e) {
+        this.#log.warn("claim of {g} failed: {error}", { g, error: (e as Error).message });
+        seq.claimAnswered(view, conn, ident, { kind: "failed" });
+        return;
+      }
+      seq.claimAnswered(view, conn, ident, claimAnswer(reply));
+    })());
+  }
+
+  /** {@link Directory.release}: releases now, or once Redis is back. */
+  release(g: string, room: string): void {
+    if (!this.#ready) {
+      this.#unreleased.set(g, room);
+      return;
+    }
+    this.#track(this.#release(g, room));
+  }
+
+  /** {@link Directory.relay}: publishes the frame on the holder's channel. */
+  relay(instance: string, g: string, frame: string): boolean {
+    if (!this.#ready) return false;
+    this.#cmd.publish(`sig:to:${instance}`, g + "\n" + frame).catch(() => {});
+    return true;
+  }
+
+  /** {@link Directory.unwatch}: stops following a room nothing local is in. */
+  unwatch(room: string): void {
+    if (this.#seq?.unwatch(room) !== true) return;
+    this.#subscribed.delete(room);
+    this.#sub.unsubscribe(`sig:ev:${room}`).catch(() => {});
+  }
+
+  async #release(g: string, room: string): Promise<void> {
+    try {
+      await this.#cmd.sigRelease(g, room, this.id);
+      this.#unreleased.delete(g);
+    } catch {
+      this.#unreleased.set(g, room);
+    }
+  }
+
+  #track(p: Promise<unknown>): void {
+    this.#inFlight.add(p);
+    p.finally(() => this.#inFlight.delete(p));
+  }
+
+  #message(channel: string, message: string): void {
+    if (channel.startsWith("sig:to:")) {
+      const nl = message.indexOf("\n");
+      if (nl > 0) this.#broker?.deliver(message.slice(0, nl), message.slice(nl + 1));
+      return;
+    }
+    const ev = parseEvent(message);
+    if (ev !== undefined) this.#seq?.event(channel.slice("sig:ev:".length), ev);
+  }
+
+  #setReady(ready: boolean): void {
+    if (this.#ready === ready) return;
+    this.#ready = ready;
+    this.#log.info(ready ? "cluster ready as {id}" : "cluster unavailable", { id: this.id });
+    this.#options.onReady?.(ready);
+  }
+
+  #down(): void {
+    if (this.#stopped) return;
+    this.#setReady(false);
+    this.#seq?.linkDown();
+  }
+
+  #up(): void {
+    if (this.#stopped || this.#recovering) return;
+    if (this.#cmd.status !== "ready" || this.#sub.status !== "ready") return;
+    this.#recovering = true;
+    this.#track(this.#recover().finally(() => this.#recovering = false));
+  }
+
+  /**
+   * Makes Redis agree with this instance again: registers it, flushes the
+   * releases it owes, re-registers its members, drops members Redis has that
+   * it does not, and re-reads every watched room.
+   */
+  async #recover(): Promise<void> {
+    const broker = this.#broker!;
+    try {
+      await this.#cmd.sigHeartbeat(this.id, ALIVE_TTL_MS);
+      await Promise.all([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
+      const local = broker.localMembers();
+      const mine = new Set(local.map((m) => m.g));
+      for (const m of local) {
+        const r = await this.#cmd.sigRestore(m.g, m.room, this.id);
+        if (r === "conflict") this.#log.warn("{g} is held elsewhere after recovery", { g: m.g });
+      }
+      for (const g of await this.#cmd.smembers(`sig:im:${this.id}`)) {
+        if (!mine.has(g)) await this.#cmd.sigRelease(g, g.slice(0, g.indexOf(":")), this.id);
+      }
+      // The live iterator, as views may go while we wait on Redis.
+      for (const view of this.#seq!.views()) {
+        if (!view.initialized) continue;
+        await this.#resync(view, false);
+      }
+      this.#setReady(true);
+      // Leaves other instances made while Redis was away reach us only if we
+      // were subscribed again when they flushed them; a second look, once
+      // every live instance has had time to re-register, drops the rest.
+      clearTimeout(this.#pruneTimer);
+      this.#pruneTimer = setTimeout(() => this.#track(this.#prune()), PRUNE_AFTER_MS);
+    } catch (e) {
+      this.#log.warn("recovery failed, will retry: {error}", { error: (e as Error).message });
+    }
+  }
+
+  /** Re-reads a room and hands the snapshot to the sequencer. */
+  async #resync(view: View, prune: boolean): Promise<void> {
+    const reply = await this.#cmd.sigSnapshot(view.room);
+    this.#seq!.snapshot(view, Number(reply[0]), holders(reply, 1), prune);
+  }
+
+  async #prune(): Promise<void> {
+    if (!this.#ready) return;
+    try {
+      for (const view of [...this.#seq!.views()]) {
+        if (view.initialized) await this.#resync(view, true);
+      }
+    } catch (e) {
+      this.#log.debug("prune failed: {error}", { error: (e as Error).message });
+    }
+  }
+
+  /** Every second: liveness, reaping dead instances, and noticing vanished ones. */
+  async #tick(): Promise<void> {
+    if (this.#stopped || this.#cmd.status !== "ready") return;
+    if (!this.#ready) {
+      // A recovery that failed while Redis stayed reachable is tried again.
+      this.#up();
+      return;
+    }
+    try {
+      const alive = await this.#cmd.sigHeartbeat(this.id, ALIVE_TTL_MS);
+      // Our key had expired (a long pause, or Redis restarted): re-register.
+      if (alive === 0 && this.#ready) {
+        this.#setReady(false);
+        this.#up();
+      }
+      // Leaves made while this instance was not ready (during a recovery,
+      // say) are owed to the cluster until they are made.
+      if (this.#ready && this.#unreleased.size > 0) {
+        await Promise.all([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
+      }
+      await this.#cmd.sigReap();
+      await this.#audit();
+      this.#missedHeartbeats = 0;
+    } catch (e) {
+      this.#log.debug("heartbeat failed: {error}", { error: (e as Error).message });
+      if (++this.#missedHeartbeats >= MAX_MISSED_HEARTBEATS && this.#ready) {
+        // Redis holds the connection open but answers nothing: stop taking
+        // new clients, and reconnect so a recovery follows once it answers.
+        this.#log.warn("redis does not answer; reconnecting");
+        this.#missedHeartbeats = 0;
+        this.#setReady(false);
+        this.#cmd.disconnect(true);
+        this.#sub.disconnect(true);
+      }
+    }
+  }
+
+  /**
+   * Remote instances this view still shows but Redis no longer knows (it
+   * restarted empty while they died) are dropped after the liveness timeout.
+   */
+  async #audit(): Promise<void> {
+    const broker = this.#broker!;
+    const now = this.#now();
+    for (const inst of broker.remoteInstances()) {
+      const alive = await this.#cmd.exists(`sig:alive:${inst}`);
+      if (alive === 1) {
+        this.#missingSince.delete(inst);
+        continue;
+      }
+      const since = this.#missingSince.get(inst);
+      if (since === undefined) this.#missingSince.set(inst, now);
+      else if (now - since >= ALIVE_TTL_MS) {
+        this.#missingSince.delete(inst);
+        this.#log.info("instance {inst} is gone; dropping its members", { inst });
+        broker.instanceGone(inst);
+      }
+    }
+  }
+}

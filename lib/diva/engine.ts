@@ -1,0 +1,182 @@
+/**
+ * The DIVA signal protocol as a transport {@link Engine}: the room broker,
+ * wired to the connection's link, with ICE lookups done off the broker.
+ *
+ * The broker stays free of I/O; this module is the thin glue: it turns the
+ * broker's outbox effects into link calls, computes `["ice"]` answers (TURN
+ * credentials need WebCrypto, which is asynchronous) and hands them back,
+ * and turns the broker's counters into metrics.
+ *
+ * @module
+ */
+
+import { Broker, type Connection, type Directory, type Limits, OUT_TYPES } from "./broker.ts";
+import { CALL_NAMES, ERROR_CODES } from "./codec.ts";
+import type { Log } from "../log.ts";
+import type { Engine, EngineStatus, Link, MetricFamily, Sample } from "../transport/engine.ts";
+
+/** What the DIVA engine is built from. */
+export interface DivaOptions {
+  /** Broker limits. */
+  limits: Limits;
+  /** The ICE servers for a connection whose TURN user is `ident`. */
+  iceServers: (ident: string) => Promise<readonly unknown[]>;
+  /** The cluster directory, in cluster mode. */
+  directory?: Directory<Link>;
+  /** The clock, in ms; `performance.now` when omitted. */
+  now?: () => number;
+  /** Where ICE failures are reported. */
+  log: Log;
+}
+
+/** The DIVA engine, with its broker (for counts and the cluster). */
+export interface DivaEngine extends Engine<Connection<Link>> {
+  /** The broker behind the engine. */
+  readonly broker: Broker<Link>;
+}
+
+function labelled<K extends string>(
+  label: string,
+  keys: readonly K[],
+  values: Record<K, number>,
+): Sample[] {
+  return keys.map((k) => [{ [label]: k }, values[k]] as const);
+}
+
+/**
+ * Makes the DIVA engine.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { DEFAULT_LIMITS } from "./broker.ts";
+ * import { logger } from "../log.ts";
+ * const engine = divaEngine({
+ *   limits: DEFAULT_LIMITS,
+ *   iceServers: () => Promise.resolve([]),
+ *   log: logger("diva"),
+ * });
+ * const sent: string[] = [];
+ * const link = { send: (f: string) => sent.push(f), close() {}, wake() {} };
+ * const conn = engine.open(link, { url: new URL("ws://x/"), address: "127.0.0.1" });
+ * engine.frame(conn, '["join","alice","lobby"]');
+ * assert.deepEqual(sent, ['["join","lobby:alice"]']);
+ * engine.close(conn);
+ * ```
+ */
+export function divaEngine(options: DivaOptions): DivaEngine {
+  const log = options.log;
+  const broker: Broker<Link> = new Broker<Link>({
+    outbox: {
+      send: (link, frame) => link.send(frame),
+      close: (link, code, reason) => link.close(code, reason),
+      wake: (link, _conn, delayMs) => link.wake(delayMs),
+      ice(_link, conn, ident) {
+        options.iceServers(ident).then(
+          (list) => broker.iceReply(conn, list),
+          (e) => {
+            log.error("ice lookup failed: {error}", { error: String(e) });
+            broker.iceFailed(conn);
+          },
+        );
+      },
+    },
+    now: options.now ?? (() => performance.now()),
+    randomBytes: (b) => crypto.getRandomValues(b),
+    limits: options.limits,
+    directory: options.directory,
+  });
+  return {
+    name: "diva",
+    broker,
+    accepts: (first) =>
+      typeof first === "string" ? first.trimStart().startsWith("[") : first[0] === 0x5b,
+    open: (link) => broker.open(link),
+    frame: (conn, data) => broker.frame(conn, data),
+    oversize: (conn) => broker.tooLarge(conn),
+    wake: (conn) => broker.wake(conn),
+    close: (conn) => broker.close(conn),
+    get connections() {
+      return broker.connections;
+    },
+    metrics: () => divaMetrics(broker),
+    status: (): EngineStatus => ({
+      title: "DIVA signal protocol",
+      connect: "Open a WebSocket to {ws} and send JSON arrays.",
+      counts: [
+        ["connections", "Connections", broker.connections],
+        ["rooms", "Rooms", broker.rooms],
+        ["idents", "Idents", broker.idents],
+      ],
+    }),
+  };
+}
+
+/** The broker's counts and counters as metric families (the `signal_` names). */
+export function divaMetrics(broker: Broker<unknown>): MetricFamily[] {
+  const s = broker.stats;
+  const one = (v: number): Sample[] => [[null, v]];
+  return [
+    {
+      name: "signal_connections",
+      type: "gauge",
+      help: "Open WebSocket connections",
+      samples: one(broker.connections),
+    },
+    {
+      name: "signal_rooms",
+      type: "gauge",
+      help: "Rooms with at least one member",
+      samples: one(broker.rooms),
+    },
+    {
+      name: "signal_idents",
+      type: "gauge",
+      help: "Global idents held",
+      samples: one(broker.idents),
+    },
+    {
+      name: "signal_connections_opened_total",
+      type: "counter",
+      help: "WebSocket connections accepted",
+      samples: one(s.connectionsOpened),
+    },
+    {
+      name: "signal_frames_in_total",
+      type: "counter",
+      help: "Accepted client frames by call",
+      samples: labelled("call", CALL_NAMES, s.framesIn),
+    },
+    {
+      name: "signal_frames_out_total",
+      type: "counter",
+      help: "Frames sent by message type",
+      samples: labelled("type", OUT_TYPES, s.framesOut),
+    },
+    {
+      name: "signal_errors_total",
+      type: "counter",
+      help: "Error replies by code",
+      samples: labelled("code", ERROR_CODES, s.errors),
+    },
+    {
+      name: "signal_relayed_bytes_total",
+      type: "counter",
+      help: "Bytes of relayed signal frames (characters; equal to bytes for ASCII payloads)",
+      samples: one(s.bytesRelayed),
+    },
+    {
+      name: "signal_frames_delayed_total",
+      type: "counter",
+      help:
+        "Client frames that waited in their connection's queue (budget, cluster claim or ice answer)",
+      samples: one(s.framesDelayed),
+    },
+    {
+      name: "signal_queue_closed_total",
+      type: "counter",
+      help: "Connections closed with 1008 because their queue of waiting frames passed its bound",
+      samples: labelled("bound", ["frames", "bytes"] as const, s.queueClosed),
+    },
+  ];
+}

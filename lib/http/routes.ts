@@ -1,0 +1,104 @@
+/**
+ * The HTTP routes: status page, health, readiness, metrics, static assets,
+ * robots.txt, and the 404 and 405 answers. WebSocket upgrades never get
+ * here; the server hands them to the transport first.
+ *
+ * @module
+ */
+
+import type { Engine, MetricFamily } from "../transport/engine.ts";
+import { assetResponse } from "./assets.ts";
+import { renderMetrics } from "./metrics.ts";
+import { notFoundPage, statusPage, type StatusSection } from "./pages.ts";
+
+/** What the routes read from the running server. */
+export interface RouteContext {
+  /** The server's name, on its pages. */
+  readonly name: string;
+  /** The version, on its pages. */
+  readonly version: string;
+  /** Seconds since start. */
+  uptimeSeconds(): number;
+  /** The mounted engines, each with the path its clients connect to. */
+  readonly engines: readonly { readonly engine: Engine; readonly path: string }[];
+  /** Why the server is not ready (shutting down, cluster unavailable), or undefined. */
+  notReady(): string | undefined;
+  /** Every metric family, engines' and server's. */
+  metrics(): MetricFamily[];
+}
+
+const TEXT = { "content-type": "text/plain; charset=utf-8" };
+const HTML = { "content-type": "text/html; charset=utf-8" };
+
+/** The paths of static assets (the client library and the demo). */
+const ASSET_PATHS = new Set(["/client.js", "/client.d.ts", "/demo"]);
+
+/**
+ * Makes the handler for every request that is not a WebSocket upgrade.
+ * `HEAD` answers like `GET` without a body; other methods get 405.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * const handle = routes({
+ *   name: "test", version: "1", uptimeSeconds: () => 0, engines: [],
+ *   notReady: () => undefined, metrics: () => [],
+ * });
+ * assert.equal(handle(new Request("http://x/healthz")).status, 200);
+ * assert.equal(handle(new Request("http://x/nope")).status, 404);
+ * assert.equal(handle(new Request("http://x/", { method: "POST" })).status, 405);
+ * ```
+ */
+export function routes(ctx: RouteContext): (req: Request) => Response {
+  function page(req: Request, url: URL): Response {
+    const path = url.pathname;
+    if (ASSET_PATHS.has(path)) return assetResponse(req, path)!;
+    switch (path) {
+      case "/": {
+        const scheme = url.protocol === "https:" ? "wss" : "ws";
+        const sections: StatusSection[] = ctx.engines.map(({ engine, path }) => ({
+          ...engine.status(),
+          wsUrl: `${scheme}://${url.host}${path}`,
+        }));
+        return new Response(
+          statusPage({
+            name: ctx.name,
+            version: ctx.version,
+            uptimeSeconds: ctx.uptimeSeconds(),
+            sections,
+          }),
+          { headers: HTML },
+        );
+      }
+      case "/healthz":
+        return new Response("ok\n", { headers: TEXT });
+      case "/readyz": {
+        const why = ctx.notReady();
+        if (why !== undefined) return new Response(`${why}\n`, { status: 503, headers: TEXT });
+        return new Response("ready\n", { headers: TEXT });
+      }
+      case "/metrics":
+        return new Response(renderMetrics(ctx.metrics()), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      case "/robots.txt":
+        return new Response("User-agent: *\nDisallow: /\n", { headers: TEXT });
+      default:
+        return new Response(notFoundPage(path), { status: 404, headers: HTML });
+    }
+  }
+
+  return (req) => {
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return new Response("method not allowed\n", {
+        status: 405,
+        headers: { ...TEXT, allow: "GET, HEAD" },
+      });
+    }
+    const res = page(req, new URL(req.url));
+    // HEAD answers like GET, without the body.
+    return req.method === "HEAD"
+      ? new Response(null, { status: res.status, headers: res.headers })
+      : res;
+  };
+}
