@@ -21,6 +21,8 @@ export interface Config {
   path: string;
   /** Broker limits. */
   limits: Limits;
+  /** Limits of the y-webrtc engine that are its own (shaping follows `limits`). */
+  ywebrtc: { maxTopicsPerConnection: number; maxSubscribersPerTopic: number };
   /** Unsent bytes a connection may have queued before it is closed. */
   maxBufferedBytes: number;
   /** Seconds without a pong before a connection is deemed dead (0 = off). */
@@ -89,6 +91,8 @@ interface Flat {
   churnBurst: number;
   maxQueuedFrames: number;
   maxQueuedBytes: number;
+  yjsMaxTopics: number;
+  yjsMaxSubscribers: number;
   maxBufferedBytes: number;
   idleTimeout: number;
   allowedOrigins: string[];
@@ -259,6 +263,22 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     default: String(DEFAULT_LIMITS.maxQueuedBytes),
     help: "bytes that may wait for their budget; more closes with 1008",
     parse: int(1024, MAX),
+  },
+  {
+    key: "yjsMaxTopics",
+    flag: "yjs-max-topics",
+    env: "YJS_MAX_TOPICS",
+    default: "64",
+    help: "y-webrtc topics (rooms) one connection may subscribe",
+    parse: int(1, MAX),
+  },
+  {
+    key: "yjsMaxSubscribers",
+    flag: "yjs-max-subscribers",
+    env: "YJS_MAX_SUBSCRIBERS",
+    default: "256",
+    help: "subscribers one y-webrtc topic may have",
+    parse: int(1, MAX),
   },
   {
     key: "maxBufferedBytes",
@@ -482,6 +502,10 @@ function group(f: Flat, source: ConfigSource): Config {
       churnBurst: f.churnBurst,
       maxQueuedFrames: f.maxQueuedFrames,
       maxQueuedBytes: f.maxQueuedBytes,
+    },
+    ywebrtc: {
+      maxTopicsPerConnection: f.yjsMaxTopics,
+      maxSubscribersPerTopic: f.yjsMaxSubscribers,
     },
     maxBufferedBytes: f.maxBufferedBytes,
     idleTimeout: f.idleTimeout,
