@@ -122,3 +122,119 @@ export function frameCost(data: string | Uint8Array): number {
   }
   return 1 + Math.floor(bytes / BYTES_PER_TOKEN) + Math.floor(containers / CONTAINERS_PER_TOKEN);
 }
+
+/** Which bound a queue would pass. */
+export const QUEUE_BOUNDS = ["frames", "bytes"] as const;
+
+/** One of {@link QUEUE_BOUNDS}. */
+export type QueueBound = typeof QUEUE_BOUNDS[number];
+
+/** How many frames and bytes may wait in one connection's queue. */
+export interface QueueLimits {
+  /** Frames that may wait; one more passes the bound. */
+  maxQueuedFrames: number;
+  /** Bytes that may wait; more pass the bound. */
+  maxQueuedBytes: number;
+}
+
+function sizeOf(data: string | Uint8Array): number {
+  return typeof data === "string" ? data.length : data.byteLength;
+}
+
+/**
+ * The frames one connection has waiting, in arrival order, bounded in frames
+ * and in bytes, with the wake that is pending for them. Every engine that
+ * shapes its connections keeps one per connection, so the rules of waiting
+ * (order, bounds, one wake at a time, re-entrant drains) are written once.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * const q = new FrameQueue();
+ * const limits = { maxQueuedFrames: 2, maxQueuedBytes: 1024 };
+ * assert.equal(q.push("a", limits), undefined);
+ * assert.equal(q.push("b", limits), undefined);
+ * assert.equal(q.push("c", limits), "frames"); // not queued
+ * const ran: string[] = [];
+ * // The first frame runs, the second must wait 50 ms.
+ * const wait = q.drain((d) => (d === "a" ? (ran.push(d), 0) : 50), () => true);
+ * assert.deepEqual([wait, ran, q.length], [50, ["a"], 1]);
+ * ```
+ */
+export class FrameQueue {
+  #items: (string | Uint8Array | undefined)[] = [];
+  #head = 0;
+  #bytes = 0;
+  #draining = false;
+  /** When the pending wake is due (the engine's clock), or -1 when none is. */
+  wakeAt: number = -1;
+
+  /** Frames waiting. */
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+
+  /** Bytes waiting (UTF-16 units for text). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Queues `data` at the end, or returns the bound it would pass (and queues nothing). */
+  push(data: string | Uint8Array, limits: QueueLimits): QueueBound | undefined {
+    const size = sizeOf(data);
+    if (this.length >= limits.maxQueuedFrames) return "frames";
+    if (this.#bytes + size > limits.maxQueuedBytes) return "bytes";
+    this.#items.push(data);
+    this.#bytes += size;
+    return undefined;
+  }
+
+  /**
+   * Runs waiting frames through `step`, oldest first, while `go()` holds.
+   * `step` returns 0 when it handled the frame, or the milliseconds to wait
+   * before the frame can be tried again; `drain` then returns that wait (0
+   * when it stopped for another reason). A call from inside `step` (an
+   * answer given re-entrantly) returns 0 at once: the running loop goes on.
+   */
+  drain(step: (data: string | Uint8Array) => number, go: () => boolean): number {
+    if (this.#draining) return 0;
+    this.#draining = true;
+    let wait = 0;
+    try {
+      const q = this.#items;
+      while (this.#head < q.length && go()) {
+        const data = q[this.#head]!;
+        wait = step(data);
+        if (wait > 0 || this.#head === q.length) break;
+        q[this.#head++] = undefined;
+        this.#bytes -= sizeOf(data);
+      }
+      if (this.#head === q.length) this.clear();
+      else if (this.#head >= 1024) {
+        q.splice(0, this.#head);
+        this.#head = 0;
+      }
+    } finally {
+      this.#draining = false;
+    }
+    return wait;
+  }
+
+  /**
+   * True when a wake in `ms` from `now` must be asked for: none is pending,
+   * or the pending one is later. Records it as pending.
+   */
+  schedule(now: number, ms: number): boolean {
+    const at = now + ms;
+    if (this.wakeAt >= 0 && this.wakeAt <= at) return false;
+    this.wakeAt = at;
+    return true;
+  }
+
+  /** Forgets every waiting frame. */
+  clear(): void {
+    this.#items.length = 0;
+    this.#head = 0;
+    this.#bytes = 0;
+  }
+}

@@ -36,7 +36,7 @@ import {
   SIGNAL_TO,
 } from "./codec.ts";
 import { globalColon } from "./names.ts";
-import { Budget, frameCost } from "../shaping.ts";
+import { Budget, frameCost, FrameQueue } from "../shaping.ts";
 import { utf8Exceeds } from "../transport/utf8.ts";
 
 /** The effects the broker asks for; the server carries them out. */
@@ -235,16 +235,8 @@ export class Connection<H> {
   wait: WaitState = "none";
   /** Pairs this connection is part of: for each ident held, the other members of its room. */
   pairs: number = 0;
-  /** Frames waiting to be handled, in arrival order, from `head` on. */
-  readonly queue: (string | Uint8Array | undefined)[] = [];
-  /** Index of the oldest waiting frame in `queue`. */
-  head: number = 0;
-  /** Bytes of the waiting frames. */
-  queuedBytes: number = 0;
-  /** Set while the broker works through the queue (an answer may come re-entrantly). */
-  draining: boolean = false;
-  /** When a wake is due (broker clock), or -1 when none is scheduled. */
-  wakeAt: number = -1;
+  /** Frames waiting to be handled, in arrival order, and the wake pending for them. */
+  readonly queue: FrameQueue = new FrameQueue();
   /** @internal The frame budget; null when shaping is off. */
   readonly budget: Budget | null;
   /** @internal The budget for pairs announced and ended by joins and leaves. */
@@ -263,7 +255,7 @@ export class Connection<H> {
 
   /** Frames waiting in the queue. */
   get queued(): number {
-    return this.queue.length - this.head;
+    return this.queue.length;
   }
 }
 
@@ -389,7 +381,7 @@ export class Broker<H> {
       this.tooLarge(conn);
       return;
     }
-    if (conn.head === conn.queue.length && conn.wait === "none") {
+    if (conn.queue.length === 0 && conn.wait === "none") {
       const wait = this.#step(conn, data);
       if (wait === 0) return;
       if (!this.#enqueue(conn, data)) return;
@@ -414,7 +406,7 @@ export class Broker<H> {
    * for. Calling it early, late or more than once is harmless.
    */
   wake(conn: Connection<H>): void {
-    conn.wakeAt = -1;
+    conn.queue.wakeAt = -1;
     this.#drain(conn);
   }
 
@@ -442,74 +434,42 @@ export class Broker<H> {
 
   /** Puts a frame at the end of the queue; false if that closed the connection. */
   #enqueue(conn: Connection<H>, data: string | Uint8Array): boolean {
-    const size = typeof data === "string" ? data.length : data.byteLength;
-    const limits = this.limits;
-    if (conn.queued >= limits.maxQueuedFrames) {
-      this.stats.queueClosed.frames++;
-      this.#overflow(conn, `more than ${limits.maxQueuedFrames} frames waiting`);
-      return false;
+    const bound = conn.queue.push(data, this.limits);
+    if (bound === undefined) {
+      this.stats.framesDelayed++;
+      return true;
     }
-    if (conn.queuedBytes + size > limits.maxQueuedBytes) {
-      this.stats.queueClosed.bytes++;
-      this.#overflow(conn, `more than ${limits.maxQueuedBytes} bytes waiting`);
-      return false;
-    }
-    conn.queue.push(data);
-    conn.queuedBytes += size;
-    this.stats.framesDelayed++;
-    return true;
-  }
-
-  /** A sender that outran its budget for too long: says why, then closes. */
-  #overflow(conn: Connection<H>, detail: string): void {
-    this.#fail(conn, "frame", "rate-limited", `sending faster than allowed: ${detail}`);
+    this.stats.queueClosed[bound]++;
+    const max = bound === "frames"
+      ? `${this.limits.maxQueuedFrames} frames`
+      : `${this.limits.maxQueuedBytes} bytes`;
+    this.#fail(
+      conn,
+      "frame",
+      "rate-limited",
+      `sending faster than allowed: more than ${max} waiting`,
+    );
     this.#close(conn, CloseCode.policy, "rate limit abuse");
+    return false;
   }
 
   /** Asks the outbox for a wake in `ms`, unless an earlier one is pending. */
   #schedule(conn: Connection<H>, ms: number): void {
-    const at = this.#now() + ms;
-    if (conn.wakeAt >= 0 && conn.wakeAt <= at) return;
-    conn.wakeAt = at;
-    this.#outbox.wake(conn.handle, conn, ms);
+    if (conn.queue.schedule(this.#now(), ms)) this.#outbox.wake(conn.handle, conn, ms);
   }
 
   /**
    * Handles waiting frames in order until one must wait (for its budget, a
-   * claim or an ice answer) or the queue is empty.
+   * claim or an ice answer) or the queue is empty. An ice answer given from
+   * inside Outbox.ice lands here while the frame that asked is still at the
+   * head; the loop already running goes on.
    */
   #drain(conn: Connection<H>): void {
-    // An ice answer given from inside Outbox.ice lands here while the frame
-    // that asked is still at the head; the loop already running goes on.
-    if (conn.draining) return;
-    conn.draining = true;
-    try {
-      this.#drainQueue(conn);
-    } finally {
-      conn.draining = false;
-    }
-  }
-
-  #drainQueue(conn: Connection<H>): void {
-    const q = conn.queue;
-    while (conn.head < q.length && conn.wait === "none" && !conn.closed) {
-      const data = q[conn.head]!;
-      const wait = this.#step(conn, data);
-      if (wait > 0) {
-        this.#schedule(conn, wait);
-        break;
-      }
-      if (conn.closed) return;
-      q[conn.head++] = undefined;
-      conn.queuedBytes -= typeof data === "string" ? data.length : data.byteLength;
-    }
-    if (conn.head === q.length) {
-      q.length = 0;
-      conn.head = 0;
-    } else if (conn.head >= 1024) {
-      q.splice(0, conn.head);
-      conn.head = 0;
-    }
+    const wait = conn.queue.drain(
+      (data) => this.#step(conn, data),
+      () => conn.wait === "none" && !conn.closed,
+    );
+    if (wait > 0) this.#schedule(conn, wait);
   }
 
   #dispatch(conn: Connection<H>, data: string | Uint8Array, call: Call | Fault): void {
@@ -572,9 +532,7 @@ export class Broker<H> {
     if (conn.closed) return;
     conn.closed = true;
     this.#connections--;
-    conn.queue.length = 0;
-    conn.head = 0;
-    conn.queuedBytes = 0;
+    conn.queue.clear();
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
       this.#issued.delete(conn.issued);

@@ -72,7 +72,7 @@
  * @module
  */
 
-import { Budget, frameCost } from "../shaping.ts";
+import { Budget, frameCost, FrameQueue } from "../shaping.ts";
 import type {
   Engine,
   EngineStatus,
@@ -167,14 +167,8 @@ export class YConn {
   readonly topics: Set<string> = new Set();
   /** Set once the connection closed or was asked to close. */
   closed: boolean = false;
-  /** Frames waiting to be handled, in arrival order, from `head` on. */
-  readonly queue: (string | Uint8Array | undefined)[] = [];
-  /** Index of the oldest waiting frame in `queue`. */
-  head: number = 0;
-  /** Bytes of the waiting frames. */
-  queuedBytes: number = 0;
-  /** When a wake is due (engine clock), or -1 when none is scheduled. */
-  wakeAt: number = -1;
+  /** Frames waiting to be handled, in arrival order, and the wake pending for them. */
+  readonly queue: FrameQueue = new FrameQueue();
   /** Subscribers the connection shares a topic with, once per shared topic, as last fitted. */
   peers: number = 0;
   /** @internal The frame budget; null when shaping is off. */
@@ -197,7 +191,7 @@ export class YConn {
 
   /** Frames waiting in the queue. */
   get queued(): number {
-    return this.queue.length - this.head;
+    return this.queue.length;
   }
 }
 
@@ -389,57 +383,29 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
 
   /** Puts a frame at the end of the queue; false if that closed the connection. */
   function enqueue(conn: YConn, data: string | Uint8Array): boolean {
-    const size = typeof data === "string" ? data.length : data.byteLength;
-    if (conn.queued >= limits.maxQueuedFrames) {
-      stats.queueClosed.frames++;
-      overflow(conn, `more than ${limits.maxQueuedFrames} frames waiting`);
-      return false;
+    const bound = conn.queue.push(data, limits);
+    if (bound === undefined) {
+      stats.framesDelayed++;
+      return true;
     }
-    if (conn.queuedBytes + size > limits.maxQueuedBytes) {
-      stats.queueClosed.bytes++;
-      overflow(conn, `more than ${limits.maxQueuedBytes} bytes waiting`);
-      return false;
-    }
-    conn.queue.push(data);
-    conn.queuedBytes += size;
-    stats.framesDelayed++;
-    return true;
-  }
-
-  function overflow(conn: YConn, detail: string): void {
-    fail(conn, "rate-limited", `sending faster than allowed: ${detail}`);
+    stats.queueClosed[bound]++;
+    const max = bound === "frames"
+      ? `${limits.maxQueuedFrames} frames`
+      : `${limits.maxQueuedBytes} bytes`;
+    fail(conn, "rate-limited", `sending faster than allowed: more than ${max} waiting`);
     closeWith(conn, YCloseCode.policy, "rate limit abuse");
+    return false;
   }
 
   /** Asks the link for a wake in `ms`, unless an earlier one is pending. */
   function schedule(conn: YConn, ms: number): void {
-    const at = now() + ms;
-    if (conn.wakeAt >= 0 && conn.wakeAt <= at) return;
-    conn.wakeAt = at;
-    conn.link.wake(ms);
+    if (conn.queue.schedule(now(), ms)) conn.link.wake(ms);
   }
 
   /** Handles waiting frames in order until one must wait or the queue is empty. */
   function drain(conn: YConn): void {
-    const q = conn.queue;
-    while (conn.head < q.length && !conn.closed) {
-      const data = q[conn.head]!;
-      const wait = step(conn, data);
-      if (wait > 0) {
-        schedule(conn, wait);
-        break;
-      }
-      if (conn.closed) return;
-      q[conn.head++] = undefined;
-      conn.queuedBytes -= typeof data === "string" ? data.length : data.byteLength;
-    }
-    if (conn.head === q.length) {
-      q.length = 0;
-      conn.head = 0;
-    } else if (conn.head >= 1024) {
-      q.splice(0, conn.head);
-      conn.head = 0;
-    }
+    const wait = conn.queue.drain((data) => step(conn, data), () => !conn.closed);
+    if (wait > 0) schedule(conn, wait);
   }
 
   function dispatch(conn: YConn, m: Message | Fault): void {
@@ -549,7 +515,7 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
       oversize(conn);
       return;
     }
-    if (conn.head === conn.queue.length) {
+    if (conn.queue.length === 0) {
       const wait = step(conn, data);
       if (wait === 0) return;
       if (!enqueue(conn, data)) return;
@@ -566,7 +532,7 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
   }
 
   function wake(conn: YConn): void {
-    conn.wakeAt = -1;
+    conn.queue.wakeAt = -1;
     if (!conn.closed) drain(conn);
   }
 
@@ -574,9 +540,7 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
     if (conn.closed) return;
     conn.closed = true;
     connections--;
-    conn.queue.length = 0;
-    conn.head = 0;
-    conn.queuedBytes = 0;
+    conn.queue.clear();
     for (const t of conn.topics) {
       bus.unsubscribe(t, conn);
       subscriptions--;
