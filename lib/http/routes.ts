@@ -89,6 +89,11 @@ export function routes(ctx: RouteContext): (req: Request) => Response {
   }
 
   return (req) => {
+    // An engine's own HTTP routes (PeerJS's id and peers, say) come first.
+    for (const { engine } of ctx.engines) {
+      const res = engine.http?.(req);
+      if (res !== undefined) return res;
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       return new Response("method not allowed\n", {
         status: 405,

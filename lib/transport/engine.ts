@@ -99,6 +99,11 @@ export interface Engine<C = unknown> {
   metrics(): MetricFamily[];
   /** The engine's part of the status page. */
   status(): EngineStatus;
+  /**
+   * The engine's own HTTP routes, asked before the server's for every request
+   * that is not a WebSocket upgrade: a response, or `undefined` to pass.
+   */
+  http?(req: Request): Response | undefined;
 }
 
 /** Where engines are mounted: a path, and the engines that share it. */
