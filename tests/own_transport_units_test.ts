@@ -1,0 +1,237 @@
+/**
+ * The pure parts of our own transport, checked as properties: however the
+ * bytes are split, the HTTP parser and the frame decoder see the same
+ * requests and messages; the encoder and decoder agree at every length
+ * boundary; random input never throws.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { type ParseResult, RequestParser } from "../lib/transport/own/http1.ts";
+import { ReadScheduler } from "../lib/transport/own/read_scheduler.ts";
+import { FrameBatch, unmask, WsDecoder, type WsEvent } from "../lib/transport/own/ws_frame.ts";
+import { clientFrame } from "./helpers/own_raw.ts";
+
+const encoder = new TextEncoder();
+
+/** Splits `bytes` at the given cut points (taken modulo its length). */
+function split(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
+  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+  const out: Uint8Array[] = [];
+  let from = 0;
+  for (const p of points) {
+    out.push(bytes.slice(from, p));
+    from = p;
+  }
+  out.push(bytes.slice(from));
+  return out;
+}
+
+function parseAll(chunks: Uint8Array[]): ParseResult[] {
+  const p = new RequestParser();
+  const out: ParseResult[] = [];
+  for (const c of chunks) {
+    p.push(c);
+    for (let r = p.next(); r.kind !== "more"; r = p.next()) {
+      out.push(r);
+      if (r.kind === "error") return out;
+    }
+  }
+  return out;
+}
+
+Deno.test("HTTP parser: pipelined requests parse the same however the bytes are split", () => {
+  const stream = encoder.encode(
+    "GET /a HTTP/1.1\r\nHost: x\r\nAccept: a\r\nACCEPT: b\r\n\r\n" +
+      "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world" +
+      "\r\nHEAD /c?q=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+  );
+  const whole = parseAll([stream]);
+  assert.deepEqual(whole.map((r) => r.kind === "head" && [r.head.method, r.head.target]), [
+    ["GET", "/a"],
+    ["POST", "/b"],
+    ["HEAD", "/c?q=1"],
+  ]);
+  fc.assert(
+    fc.property(fc.array(fc.nat(), { maxLength: 20 }), (cuts) => {
+      assert.deepEqual(parseAll(split(stream, cuts)), whole);
+    }),
+  );
+  // Byte by byte too.
+  assert.deepEqual(parseAll([...stream].map((b) => new Uint8Array([b]))), whole);
+});
+
+Deno.test("HTTP parser: arbitrary bytes never throw and never yield an unknown status", () => {
+  const statuses = new Set([400, 411, 413, 414, 431, 505]);
+  fc.assert(
+    fc.property(fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 8 }), (chunks) => {
+      for (const r of parseAll(chunks)) {
+        if (r.kind === "error") assert.ok(statuses.has(r.status), String(r.status));
+      }
+    }),
+  );
+  // And heads built from near-valid pieces.
+  const piece = fc.constantFrom(
+    "GET",
+    " ",
+    "/",
+    "HTTP/1.1",
+    "\r\n",
+    "\n",
+    "Host: x",
+    ":",
+    "Content-Length: 3",
+    "Transfer-Encoding: chunked",
+    "\t",
+    "\x00",
+    "é",
+  );
+  fc.assert(
+    fc.property(fc.array(piece, { maxLength: 30 }), (parts) => {
+      for (const r of parseAll([encoder.encode(parts.join(""))])) {
+        if (r.kind === "error") assert.ok(statuses.has(r.status));
+      }
+    }),
+  );
+});
+
+/** A message to send as client frames, with where to fragment it and pings to insert. */
+const messageArb = fc.record({
+  binary: fc.boolean(),
+  text: fc.string({ unit: "grapheme", maxLength: 300 }),
+  bytes: fc.uint8Array({ maxLength: 300 }),
+  cuts: fc.array(fc.nat(), { maxLength: 4 }),
+  pingAfter: fc.array(fc.boolean(), { maxLength: 5 }),
+});
+
+Deno.test("frame decoder: messages and interleaved control frames survive any split", () => {
+  fc.assert(
+    fc.property(fc.array(messageArb, { maxLength: 6 }), fc.array(fc.nat(), { maxLength: 30 }), (
+      msgs,
+      cuts,
+    ) => {
+      const frames: Uint8Array[] = [];
+      const expected: WsEvent[] = [];
+      for (const m of msgs) {
+        const payload = m.binary ? m.bytes : encoder.encode(m.text);
+        // Fragments may split a UTF-8 sequence: the decoder must not care.
+        const parts = split(payload, m.cuts);
+        parts.forEach((part, i) => {
+          const opcode = i === 0 ? (m.binary ? 0x2 : 0x1) : 0x0;
+          frames.push(clientFrame(opcode, part, { fin: i === parts.length - 1 }));
+          if (m.pingAfter[i] && i < parts.length - 1) {
+            frames.push(clientFrame(0x9, `p${i}`));
+            expected.push({ type: "ping", data: encoder.encode(`p${i}`) });
+          }
+        });
+        expected.push(
+          m.binary
+            ? { type: "binary", data: new Uint8Array(m.bytes) }
+            : { type: "text", data: m.text },
+        );
+      }
+      frames.push(clientFrame(0x8, new Uint8Array([0x03, 0xe8, 0x6f, 0x6b])));
+      expected.push({ type: "close", code: 1000, reason: "ok" });
+      const all = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+      let at = 0;
+      for (const f of frames) {
+        all.set(f, at);
+        at += f.length;
+      }
+      const d = new WsDecoder();
+      const got = split(all, cuts).flatMap((c) => d.feed(c));
+      assert.deepEqual(got, expected);
+    }),
+  );
+});
+
+Deno.test("frame decoder: arbitrary bytes never throw; a failure ends the stream", () => {
+  fc.assert(
+    fc.property(fc.array(fc.uint8Array({ maxLength: 200 }), { maxLength: 6 }), (chunks) => {
+      const d = new WsDecoder({ maxMessageBytes: 1000 });
+      let ended = false;
+      for (const c of chunks) {
+        const evs = d.feed(c);
+        if (ended) assert.deepEqual(evs, []);
+        if (evs.some((e) => e.type === "fail" || e.type === "close")) ended = true;
+      }
+    }),
+  );
+});
+
+Deno.test("encoder and decoder agree at every length boundary, text and binary", () => {
+  const lengths = [0, 1, 125, 126, 127, 65535, 65536, 70000];
+  for (const n of lengths) {
+    const b = new FrameBatch();
+    const bytes = new Uint8Array(n).map((_, i) => i & 0xff);
+    b.binary(bytes);
+    // Multi-byte text whose byte length crosses the header-size boundaries.
+    const text = "é".repeat(Math.ceil(n / 2)) + "✓".repeat(n % 3);
+    b.text(text);
+    b.text("a".repeat(n));
+    b.ping(new Uint8Array([1, 2]));
+    b.close(4001, "bye");
+    const d = new WsDecoder({ requireMask: false, maxMessageBytes: 1 << 20 });
+    assert.deepEqual(d.feed(b.take()), [
+      { type: "binary", data: bytes },
+      { type: "text", data: text },
+      { type: "text", data: "a".repeat(n) },
+      { type: "ping", data: new Uint8Array([1, 2]) },
+      { type: "close", code: 4001, reason: "bye" },
+    ], `length ${n}`);
+  }
+  fc.assert(
+    fc.property(fc.string({ unit: "grapheme", maxLength: 2000 }), (s) => {
+      const b = new FrameBatch();
+      b.text(s);
+      const d = new WsDecoder({ requireMask: false });
+      assert.deepEqual(d.feed(b.take()), [{ type: "text", data: s }]);
+    }),
+  );
+});
+
+Deno.test("unmask matches a byte loop at every alignment and phase", () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 0, maxLength: 300 }),
+      fc.nat(7),
+      fc.nat(3),
+      fc.uint8Array({ minLength: 4, maxLength: 4 }),
+      (data, offset, phase, mask) => {
+        const buf = new Uint8Array(data.length + 8);
+        const view = buf.subarray(offset, offset + data.length);
+        view.set(data);
+        unmask(view, mask, phase);
+        const want = data.map((b, i) => b ^ mask[(phase + i) & 3]);
+        assert.deepEqual(view, want);
+      },
+    ),
+  );
+});
+
+Deno.test("read scheduler: waiters are served in order, a fixed number per turn", () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 8 }), fc.integer({ min: 0, max: 40 }), (per, n) => {
+      const turns: (() => void)[] = [];
+      const s = new ReadScheduler({ readsPerTurn: per, defer: (fn) => turns.push(fn) });
+      const order: number[] = [];
+      let immediate = 0;
+      for (let i = 0; i < n; i++) {
+        if (s.acquire()) immediate++;
+        else s.wait(() => order.push(i));
+      }
+      assert.equal(immediate, Math.min(n, per));
+      let rounds = 0;
+      while (turns.length > 0) {
+        const before = order.length;
+        turns.shift()!();
+        assert.ok(order.length - before <= per);
+        rounds++;
+      }
+      assert.deepEqual(order, [...Array(n - immediate).keys()].map((k) => k + immediate));
+      assert.equal(rounds, Math.ceil((n - immediate) / per));
+    }),
+  );
+});
