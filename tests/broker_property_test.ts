@@ -15,6 +15,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Broker, type Connection } from "../lib/diva/broker.ts";
+import { CALL_NAMES } from "../lib/diva/codec.ts";
 import { seededBytes } from "./helpers/broker_harness.ts";
 
 const IDENTS = ["a", "b", "c"];
@@ -22,7 +23,6 @@ const ROOMS = ["r", "s"];
 /** Global idents to signal and leave with: all combinations, plus a room nobody joins. */
 const GLOBALS = [...ROOMS.flatMap((r) => IDENTS.map((i) => `${r}:${i}`)), "t:a"];
 const SLOTS = 4;
-const CALL_NAMES = ["ident", "join", "signal", "leave", "ice", "ping"];
 
 type Enc = "text" | "pretty" | "binary";
 
@@ -106,7 +106,7 @@ const garbage: fc.Arbitrary<Action> = fc.oneof(
   // A name that is no call.
   fc.tuple(
     slot,
-    fc.string({ maxLength: 10 }).filter((s) => !CALL_NAMES.includes(s)),
+    fc.string({ maxLength: 10 }).filter((s) => !(CALL_NAMES as readonly string[]).includes(s)),
     fc.array(fc.jsonValue({ maxDepth: 1 }), { maxLength: 3 }),
   ).map(([slot, name, args]): Action => ({
     t: "raw",
@@ -530,7 +530,8 @@ function run(limits: Limits, actions: Action[], coverage: Coverage = new Map()):
           model.send(expected, c, ["pong"]);
           break;
         case "ice": {
-          let who = c.held[0]?.slice(c.held[0].indexOf(":") + 1) ?? c.issued;
+          // The TURN user is the first global ident held, else the issued ident.
+          let who = c.held[0] ?? c.issued;
           if (who === undefined) {
             const got = effects[0] as { ident?: string } | undefined;
             who = got?.ident ?? "";

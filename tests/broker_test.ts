@@ -577,7 +577,8 @@ Deno.test("ice asks the outbox with a held ident, else the issued one, else a ra
   h.call("A", "join", "alias", "hall");
   h.take();
   h.call("A", "ice");
-  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: "alice" }]);
+  // The global ident: the same ident in two rooms has two TURN users.
+  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: "lobby:alice" }]);
 
   const servers = [
     { urls: ["stun:stun.example.org:3478"] },
@@ -601,13 +602,13 @@ Deno.test("ice: later frames wait for the answer, so replies keep the order of c
   h.call("A", "signal", "r:a", "r:b", 1);
   h.call("A", "ice");
   h.call("A", "ping");
-  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: "a" }]);
+  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: "r:a" }]);
   h.broker.iceReply(h.conn("A"), [{ urls: "stun:one" }]);
   assert.deepEqual(h.take(), [
     { kind: "send", to: "A", frame: '["ice",[{"urls":"stun:one"}]]' },
     { kind: "send", to: "A", frame: '["pong"]' },
     { kind: "send", to: "B", frame: '["signal","r:b","r:a",1]' },
-    { kind: "ice", to: "A", ident: "a" },
+    { kind: "ice", to: "A", ident: "r:a" },
   ]);
   // A failed lookup answers unavailable, and the rest runs.
   h.broker.iceFailed(h.conn("A"));
@@ -723,7 +724,7 @@ Deno.test("a repeated [ident] replaces the ident the legacy join uses", () => {
   h.call("A", "join", "lobby");
   assert.deepEqual(h.sent(), [["A", ["join", `lobby:${second}`]]]);
   h.call("A", "ice");
-  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: second }]);
+  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: `lobby:${second}` }]);
   h.close("A");
   // The answer comes after the close and goes nowhere.
   h.broker.iceReply(h.conn("A"), []);
@@ -1144,7 +1145,7 @@ Deno.test("binary frames holding UTF-8 JSON are treated exactly like text frames
     { sdp: "grüße 😀" },
   ]);
   h.raw("A", bin(["ice"]));
-  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: id }]);
+  assert.deepEqual(h.take(), [{ kind: "ice", to: "A", ident: `lobby:${id}` }]);
   h.broker.iceReply(h.conn("A"), []);
   h.take();
   h.raw("A", bin(["nope"]));
@@ -1195,7 +1196,17 @@ Deno.test("stats count accepted calls, sent frames by type, errors by code and r
   h.close("A");
   h.close("B");
   const s = h.broker.stats;
-  assert.deepEqual(s.framesIn, { ident: 1, join: 6, signal: 5, leave: 1, ice: 1, ping: 1 });
+  assert.deepEqual(s.framesIn, {
+    ident: 1,
+    join: 6,
+    signal: 5,
+    leave: 1,
+    ice: 1,
+    ping: 1,
+    auth: 0,
+    challenge: 0,
+    prove: 0,
+  });
   assert.deepEqual(s.framesOut, {
     ident: 1,
     join: 3,
@@ -1206,6 +1217,9 @@ Deno.test("stats count accepted calls, sent frames by type, errors by code and r
     ice: 1,
     pong: 1,
     error: 11,
+    auth: 0,
+    challenge: 0,
+    prove: 0,
   });
   assert.deepEqual(s.errors, {
     "bad-json": 1,

@@ -128,13 +128,26 @@ Deno.test("decode: every well-formed call comes back as the parsed array", () =>
     ["leave", "lobby:bob"],
     ["ice"],
     ["ping"],
+    ["auth", "eyJ.a.b"],
+    ["challenge"],
+    ["prove", "A".repeat(43), "c2lnbmF0dXJl"],
   ];
   for (const c of calls) {
     assert.deepEqual(decode(JSON.stringify(c)), c);
     assert.deepEqual(decode(enc.encode(JSON.stringify(c))), c);
     assert.deepEqual(decode(JSON.stringify(c, null, 3)), c);
   }
-  assert.deepEqual(CALL_NAMES, ["ident", "join", "signal", "leave", "ice", "ping"]);
+  assert.deepEqual(CALL_NAMES, [
+    "ident",
+    "join",
+    "signal",
+    "leave",
+    "ice",
+    "ping",
+    "auth",
+    "challenge",
+    "prove",
+  ]);
 });
 
 Deno.test("decode: signal data may be any JSON value", () => {

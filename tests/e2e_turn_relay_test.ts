@@ -35,10 +35,13 @@ function escape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-/** The expiries in coturn's log of usernames `<expiry>:<ident>` whose request ended in `outcome`. */
+/**
+ * The expiries in coturn's log of usernames `<expiry>:<room>:<ident>` (the
+ * global ident) whose request ended in `outcome`.
+ */
 function loggedExpiries(log: string, ident: string, outcome: string): number[] {
   const re = new RegExp(
-    `user <(\\d+):${escape(ident)}>: incoming packet ${escape(outcome)}`,
+    `user <(\\d+):[^:>]+:${escape(ident)}>: incoming packet ${escape(outcome)}`,
     "g",
   );
   return [...log.matchAll(re)].map((m) => Number(m[1]));

@@ -14,10 +14,13 @@
  * @module
  */
 
+import type { Grant } from "../auth/grant.ts";
+import { base64url, CHALLENGE_TTL_MS, isKeyIdent } from "../auth/proof.ts";
 import {
   type Call,
   CALL_NAMES,
   type CallName,
+  CloseCode,
   decode,
   encodeBye,
   encodeError,
@@ -31,6 +34,8 @@ import {
   type ErrorCode,
   type Fault,
   isFault,
+  OUT_TYPES,
+  type OutType,
   PONG,
   SIGNAL_FROM,
   SIGNAL_TO,
@@ -38,6 +43,49 @@ import {
 import { globalColon } from "./names.ts";
 import { Budget, frameCost, FrameQueue } from "../shaping.ts";
 import { utf8Exceeds } from "../transport/utf8.ts";
+
+export { CloseCode, OUT_TYPES, type OutType };
+
+/** A question the broker asks the outside (verification needs asynchronous crypto). */
+export type Question =
+  | { readonly kind: "token"; readonly token: string }
+  | {
+    readonly kind: "proof";
+    readonly ident: string;
+    readonly challenge: string;
+    readonly signature: string;
+  };
+
+/**
+ * A connection's access from a verified token: the grant, and when it ends
+ * on the broker's own clock (the caller converts the token's Unix `exp`).
+ */
+export interface Access {
+  /** What the token grants. */
+  readonly grant: Grant;
+  /** When the token expires, on the broker's clock (Infinity for never). */
+  readonly expiresAt: number;
+}
+
+/**
+ * Which joins need what. Without rules every room is open to everyone, and
+ * TURN credentials go to everyone who asks.
+ */
+export interface AuthRules {
+  /** True when joining `room` needs a token granting it. */
+  readonly protectedRoom: (room: string) => boolean;
+  /** True when joining `room` needs an ident proven by its key on this connection. */
+  readonly proofRoom: (room: string) => boolean;
+  /** True when tokens are in use: TURN credentials then go only to grants that allow them. */
+  readonly grants: boolean;
+}
+
+/** No rules: everything is open, as in DIVA v2. */
+export const OPEN_RULES: AuthRules = {
+  protectedRoom: () => false,
+  proofRoom: () => false,
+  grants: false,
+};
 
 /** The effects the broker asks for; the server carries them out. */
 export interface Outbox<H> {
@@ -48,15 +96,22 @@ export interface Outbox<H> {
   /**
    * Look up ICE servers for a connection (async work such as HMAC), then
    * answer with {@link Broker.iceReply} or {@link Broker.iceFailed}; the
-   * connection's later frames wait until then. `ident` names the TURN user.
+   * connection's later frames wait until then. `ident` names the TURN user;
+   * TURN entries are included only when `turn` is true.
    */
-  ice(to: H, conn: Connection<H>, ident: string): void;
+  ice(to: H, conn: Connection<H>, ident: string, turn: boolean): void;
   /**
    * Call {@link Broker.wake} for `conn` in `delayMs` milliseconds: frames wait
    * for its budget. A later request for the same connection may replace an
    * earlier one.
    */
   wake(to: H, conn: Connection<H>, delayMs: number): void;
+  /**
+   * Answer a question (verify a token, verify an ident proof), then call
+   * {@link Broker.answer}; the connection's later frames wait until then.
+   * Without it, such calls are answered `unavailable`.
+   */
+  ask?(to: H, conn: Connection<H>, question: Question): void;
 }
 
 /**
@@ -145,6 +200,8 @@ export interface BrokerOptions<H> {
   limits?: Partial<Limits>;
   /** The cluster directory; absent, the broker runs alone. */
   directory?: Directory<H>;
+  /** Which joins need a token or a proof; {@link OPEN_RULES} when absent. */
+  auth?: AuthRules;
 }
 
 /** Running totals for metrics. */
@@ -164,31 +221,6 @@ export interface BrokerStats {
   /** Connections closed with 1008 because their queue passed its bound, by bound. */
   queueClosed: { frames: number; bytes: number };
 }
-
-/** The message types the server sends. */
-export type OutType =
-  | "ident"
-  | "join"
-  | "stun"
-  | "signal"
-  | "leave"
-  | "bye"
-  | "ice"
-  | "pong"
-  | "error";
-
-/** All server message types (for metrics). */
-export const OUT_TYPES: readonly OutType[] = [
-  "ident",
-  "join",
-  "stun",
-  "signal",
-  "leave",
-  "bye",
-  "ice",
-  "pong",
-  "error",
-];
 
 /** A global ident held by a connection, as a member of its room. */
 export interface Member<H> {
@@ -215,7 +247,7 @@ export interface Room<H> {
 }
 
 /** Why a connection's frames wait in its queue, besides its budget. */
-export const WAIT_STATES = ["none", "claim", "ice"] as const;
+export const WAIT_STATES = ["none", "claim", "ice", "auth", "prove"] as const;
 
 /** One of {@link WAIT_STATES}. */
 export type WaitState = typeof WAIT_STATES[number];
@@ -230,9 +262,24 @@ export class Connection<H> {
   closed = false;
   /**
    * What the connection waits for before its next frame may run: a join
-   * being claimed in the cluster directory, or an `["ice"]` answer.
+   * being claimed in the cluster directory, an `["ice"]` answer, or the
+   * verification of a token or a proof.
    */
   wait: WaitState = "none";
+  /** The connection's limits: the broker's, with what its grant overrides. */
+  readonly limits: Readonly<Limits>;
+  /** What the connection's token grants, if it presented one. */
+  grant: Grant | null = null;
+  /** When the token expires, on the broker's clock (Infinity without one). */
+  expiresAt: number = Infinity;
+  /** The wake last asked of the outbox (broker clock), or -1. */
+  wakeAsked: number = -1;
+  /** The pending challenge for an ident proof, and when it expires. */
+  challenge: { value: string; expiresAt: number } | undefined = undefined;
+  /** The random TURN user of a connection that holds no ident and was issued none. */
+  turnUser: string | undefined = undefined;
+  /** Key idents this connection proved it holds the private key of. */
+  readonly proven: Set<string> = new Set();
   /** Pairs this connection is part of: for each ident held, the other members of its room. */
   pairs: number = 0;
   /** Frames waiting to be handled, in arrival order, and the wake pending for them. */
@@ -243,7 +290,21 @@ export class Connection<H> {
   readonly churn: Budget | null;
 
   /** Made by {@link Broker.open}. */
-  constructor(readonly id: number, readonly handle: H, limits: Limits, now: number) {
+  constructor(
+    readonly id: number,
+    readonly handle: H,
+    brokerLimits: Limits,
+    now: number,
+    access?: Access,
+  ) {
+    const limits = access === undefined
+      ? brokerLimits
+      : { ...brokerLimits, ...access.grant.limits };
+    this.limits = limits;
+    if (access !== undefined) {
+      this.grant = access.grant;
+      this.expiresAt = access.expiresAt;
+    }
     if (limits.rate > 0) {
       this.budget = new Budget(limits.rate, limits.burst, now);
       this.churn = new Budget(limits.churnRate, limits.churnBurst, now);
@@ -261,15 +322,6 @@ export class Connection<H> {
 
 /** Letters in an issued ident: 24 × log2(26) ≈ 112 bits of randomness. */
 const IDENT_LETTERS = 24;
-
-/** WebSocket close codes used by the protocol. */
-export const CloseCode = {
-  normal: 1000,
-  goingAway: 1001,
-  policy: 1008,
-  tooLarge: 1009,
-  internal: 1011,
-} as const;
 
 function counters<K extends string>(keys: readonly K[]): Record<K, number> {
   const o = {} as Record<K, number>;
@@ -326,6 +378,7 @@ export class Broker<H> {
   readonly #rooms = new Map<string, Room<H>>();
   readonly #issued = new Map<string, Connection<H>>();
   readonly #directory: Directory<H> | undefined;
+  readonly #auth: AuthRules;
   /** Remote members by instance, to drop them all when an instance dies. */
   readonly #remote = new Map<string, Set<string>>();
   /** Connections whose join the directory is claiming, by id (one claim each at a time). */
@@ -341,6 +394,7 @@ export class Broker<H> {
     this.#randomBytes = options.randomBytes;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#directory = options.directory;
+    this.#auth = options.auth ?? OPEN_RULES;
   }
 
   /** Open connections. */
@@ -364,10 +418,12 @@ export class Broker<H> {
   }
 
   /** A connection opened; `handle` is what the outbox is given to reach it. */
-  open(handle: H): Connection<H> {
+  open(handle: H, access?: Access): Connection<H> {
     this.#connections++;
     this.stats.connectionsOpened++;
-    return new Connection(this.#nextId++, handle, this.limits, this.#now());
+    const conn = new Connection(this.#nextId++, handle, this.limits, this.#now(), access);
+    this.#rearm(conn);
+    return conn;
   }
 
   /**
@@ -406,8 +462,16 @@ export class Broker<H> {
    * for. Calling it early, late or more than once is harmless.
    */
   wake(conn: Connection<H>): void {
+    if (conn.closed) return;
     conn.queue.wakeAt = -1;
+    conn.wakeAsked = -1;
+    if (this.#now() >= conn.expiresAt) {
+      this.#fail(conn, "auth", "forbidden", "the token expired; send a fresh one with auth");
+      this.#close(conn, CloseCode.policy, "token expired");
+      return;
+    }
     this.#drain(conn);
+    this.#rearm(conn);
   }
 
   /**
@@ -455,7 +519,21 @@ export class Broker<H> {
 
   /** Asks the outbox for a wake in `ms`, unless an earlier one is pending. */
   #schedule(conn: Connection<H>, ms: number): void {
-    if (conn.queue.schedule(this.#now(), ms)) this.#outbox.wake(conn.handle, conn, ms);
+    conn.queue.schedule(this.#now(), ms);
+    this.#rearm(conn);
+  }
+
+  /**
+   * Asks the outbox for one wake, at the earliest of what the connection
+   * waits for: its budget, or its token's expiry. (The outbox keeps one wake
+   * per connection, a later request replacing an earlier one.)
+   */
+  #rearm(conn: Connection<H>): void {
+    let at = conn.queue.wakeAt;
+    if (conn.expiresAt < Infinity && (at < 0 || conn.expiresAt < at)) at = conn.expiresAt;
+    if (at < 0 || at === conn.wakeAsked || conn.closed) return;
+    conn.wakeAsked = at;
+    this.#outbox.wake(conn.handle, conn, Math.max(0, Math.ceil(at - this.#now())));
   }
 
   /**
@@ -497,12 +575,96 @@ export class Broker<H> {
       case "ice":
         // Later frames wait for the answer, so replies keep the order of calls.
         conn.wait = "ice";
-        this.#outbox.ice(conn.handle, conn, this.#iceIdent(conn));
+        this.#outbox.ice(conn.handle, conn, this.#iceIdent(conn), this.#mayTurn(conn));
         return;
       case "ping":
         this.#send(conn, PONG, "pong");
         return;
+      case "auth":
+        this.#ask(conn, "auth", { kind: "token", token: call[1] });
+        return;
+      case "challenge":
+        this.#challenge(conn);
+        return;
+      case "prove":
+        this.#prove(conn, call[1], call[2]);
+        return;
     }
+  }
+
+  /** True when the connection may have TURN credentials. */
+  #mayTurn(conn: Connection<H>): boolean {
+    return !this.#auth.grants || conn.grant?.turn === true;
+  }
+
+  /** Asks the outbox a question; later frames wait for {@link Broker.answer}. */
+  #ask(conn: Connection<H>, call: "auth" | "prove", q: Question): void {
+    if (this.#outbox.ask === undefined) {
+      this.#fail(conn, call, "unavailable", "this server does not verify tokens or proofs");
+      return;
+    }
+    conn.wait = call;
+    this.#outbox.ask(conn.handle, conn, q);
+  }
+
+  /** `["challenge"]`: a fresh, single-use challenge for an ident proof. */
+  #challenge(conn: Connection<H>): void {
+    const bytes = new Uint8Array(32);
+    this.#randomBytes(bytes);
+    const value = base64url(bytes);
+    conn.challenge = { value, expiresAt: this.#now() + CHALLENGE_TTL_MS };
+    this.#send(conn, JSON.stringify(["challenge", value]), "challenge");
+  }
+
+  /** `["prove", ident, signature]`: checks the form and the challenge, then asks. */
+  #prove(conn: Connection<H>, ident: string, signature: string): void {
+    if (!isKeyIdent(ident)) {
+      this.#fail(conn, "prove", "bad-args", "ident is not a key ident (43 base64url characters)");
+      return;
+    }
+    const c = conn.challenge;
+    // A challenge is used once, whatever the outcome.
+    conn.challenge = undefined;
+    if (c === undefined || this.#now() > c.expiresAt) {
+      this.#fail(conn, "prove", "forbidden", 'no fresh challenge: ask ["challenge"] first');
+      return;
+    }
+    this.#ask(conn, "prove", { kind: "proof", ident, challenge: c.value, signature });
+  }
+
+  /**
+   * Answers the connection's pending question: for a token, the access it
+   * gives (or why not); for a proof, whether it holds. The frames that
+   * waited behind it run next.
+   */
+  answer(conn: Connection<H>, question: Question, result: Access | boolean | string): void {
+    if (conn.closed) return;
+    if (question.kind === "token") {
+      if (conn.wait !== "auth") return;
+      if (typeof result === "object") {
+        const grant = result.grant;
+        if (conn.grant !== null && conn.grant.subject !== grant.subject) {
+          this.#fail(conn, "auth", "forbidden", "a fresh token must have the same subject");
+        } else {
+          conn.grant = grant;
+          conn.expiresAt = result.expiresAt;
+          const exp = grant.expiresAt === Infinity ? null : Math.floor(grant.expiresAt / 1000);
+          this.#send(conn, JSON.stringify(["auth", { sub: grant.subject, exp }]), "auth");
+          this.#rearm(conn);
+        }
+      } else {
+        const why = typeof result === "string" ? result : "the token was refused";
+        this.#fail(conn, "auth", "forbidden", why);
+      }
+    } else {
+      if (conn.wait !== "prove") return;
+      if (result === true) {
+        conn.proven.add(question.ident);
+        this.#send(conn, JSON.stringify(["prove", question.ident]), "prove");
+      } else this.#fail(conn, "prove", "forbidden", "the signature does not prove the ident");
+    }
+    conn.wait = "none";
+    this.#drain(conn);
   }
 
   /**
@@ -580,18 +742,23 @@ export class Broker<H> {
   #join(conn: Connection<H>, ident: string, roomName: string): void {
     const g = roomName + ":" + ident;
     const held = this.#members.get(g);
-    if (held !== undefined) {
-      if (held.conn === conn) this.#send(conn, encodeJoin(g), "join");
-      else this.#fail(conn, "join", "ident-taken", g);
+    if (held !== undefined && held.conn === conn) {
+      this.#send(conn, encodeJoin(g), "join");
       return;
     }
-    if (conn.idents.size >= this.limits.maxIdentsPerConnection) {
-      this.#fail(
-        conn,
-        "join",
-        "limit",
-        `at most ${this.limits.maxIdentsPerConnection} idents per connection`,
-      );
+    // Before anything that would tell an outsider who is in the room.
+    const why = this.#forbidden(conn, ident, roomName);
+    if (why !== undefined) {
+      this.#fail(conn, "join", "forbidden", why);
+      return;
+    }
+    if (held !== undefined) {
+      this.#fail(conn, "join", "ident-taken", g);
+      return;
+    }
+    const maxIdents = conn.limits.maxIdentsPerConnection;
+    if (conn.idents.size >= maxIdents) {
+      this.#fail(conn, "join", "limit", `at most ${maxIdents} idents per connection`);
       return;
     }
     let room = this.#rooms.get(roomName);
@@ -611,6 +778,21 @@ export class Broker<H> {
       return;
     }
     this.#add(room, ident, g, conn, "");
+  }
+
+  /** Why `conn` may not join `room` as `ident`, or undefined when it may. */
+  #forbidden(conn: Connection<H>, ident: string, room: string): string | undefined {
+    const grant = conn.grant;
+    if (this.#auth.protectedRoom(room) && (grant === null || !grant.room(room))) {
+      return grant === null
+        ? `room ${room} needs a token that grants it`
+        : `the token does not grant room ${room}`;
+    }
+    if (grant !== null && !grant.ident(ident)) return `the token does not grant ident ${ident}`;
+    if (this.#auth.proofRoom(room) && !conn.proven.has(ident)) {
+      return `room ${room} needs an ident proven by its key on this connection`;
+    }
+    return undefined;
   }
 
   /**
@@ -818,7 +1000,7 @@ export class Broker<H> {
     if (budget === null || conn.closed) return;
     const n = conn.pairs < MAX_BUDGET_PAIRS ? conn.pairs : MAX_BUDGET_PAIRS;
     if (n === before) return;
-    const l = this.limits;
+    const l = conn.limits;
     budget.resize(
       this.#now(),
       l.rate + l.ratePerPair * n,
@@ -836,10 +1018,24 @@ export class Broker<H> {
     this.#send(conn, encodeIdent(id), "ident");
   }
 
-  /** The ident a TURN credential is made out to. */
+  /**
+   * The user a TURN credential is made out to: the first global ident the
+   * connection holds, else the ident `["ident"]` issued it, else a random
+   * one drawn once for the connection; behind the token's subject and a `/`
+   * when it has a token.
+   */
   #iceIdent(conn: Connection<H>): string {
-    for (const m of conn.idents.values()) return m.ident;
-    return conn.issued ?? this.#randomIdent();
+    let user: string | undefined;
+    // The global ident, so the same ident in two rooms has two TURN users.
+    for (const m of conn.idents.values()) {
+      user = m.g;
+      break;
+    }
+    // A random user is drawn once per connection, so its credentials can be reused.
+    user ??= conn.issued ?? (conn.turnUser ??= this.#randomIdent());
+    // With a token, the user names its subject too, so coturn's logs trace back to it.
+    const sub = conn.grant?.subject;
+    return sub ? `${sub}/${user}` : user;
   }
 
   /** 24 lowercase letters, drawn without modulo bias. */

@@ -18,30 +18,29 @@ export type Call =
   | readonly ["signal", string, string, unknown]
   | readonly ["leave", string]
   | readonly ["ice"]
-  | readonly ["ping"];
+  | readonly ["ping"]
+  | readonly ["auth", string]
+  | readonly ["challenge"]
+  | readonly ["prove", string, string];
 
-/** Every call name the server knows. */
-export type CallName = Call[0];
+/** Every call name the server knows, in the order metrics list them. */
+export const CALL_NAMES = [
+  "ident",
+  "join",
+  "signal",
+  "leave",
+  "ice",
+  "ping",
+  "auth",
+  "challenge",
+  "prove",
+] as const;
 
-/** Every error code of the protocol. */
-export type ErrorCode =
-  | "bad-json"
-  | "bad-frame"
-  | "unknown-call"
-  | "bad-args"
-  | "no-ident"
-  | "ident-taken"
-  | "not-owner"
-  | "cross-room"
-  | "unknown-peer"
-  | "limit"
-  | "rate-limited"
-  | "too-large"
-  | "forbidden"
-  | "unavailable";
+/** One of {@link CALL_NAMES}. */
+export type CallName = typeof CALL_NAMES[number];
 
-/** All error codes, in the order PROTOCOL.md lists them (for metrics). */
-export const ERROR_CODES: readonly ErrorCode[] = [
+/** Every error code of the protocol, in the order PROTOCOL.md lists them. */
+export const ERROR_CODES = [
   "bad-json",
   "bad-frame",
   "unknown-call",
@@ -56,17 +55,38 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "too-large",
   "forbidden",
   "unavailable",
-];
+] as const;
 
-/** All call names (for metrics). */
-export const CALL_NAMES: readonly CallName[] = [
+/** One of {@link ERROR_CODES}. */
+export type ErrorCode = typeof ERROR_CODES[number];
+
+/** Every message type the server sends, in the order metrics list them. */
+export const OUT_TYPES = [
   "ident",
   "join",
+  "stun",
   "signal",
   "leave",
+  "bye",
   "ice",
-  "ping",
-];
+  "pong",
+  "error",
+  "auth",
+  "challenge",
+  "prove",
+] as const;
+
+/** One of {@link OUT_TYPES}. */
+export type OutType = typeof OUT_TYPES[number];
+
+/** WebSocket close codes the protocol uses. */
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  policy: 1008,
+  tooLarge: 1009,
+  internal: 1011,
+} as const;
 
 /** Why a frame could not be turned into a call. */
 export interface Fault {
@@ -166,7 +186,18 @@ export function decode(frame: string | Uint8Array): Call | Fault {
     case "ident":
     case "ice":
     case "ping":
+    case "challenge":
       if (n !== 1) return badArgs(v[0], `expected ["${v[0]}"] with no arguments`);
+      return v as unknown as Call;
+    case "auth":
+      if (n !== 2 || typeof v[1] !== "string" || v[1] === "") {
+        return badArgs("auth", 'expected ["auth", token]');
+      }
+      return v as unknown as Call;
+    case "prove":
+      if (n !== 3 || !isName(v[1]) || typeof v[2] !== "string" || v[2].length > 256) {
+        return badArgs("prove", 'expected ["prove", ident, signature]');
+      }
       return v as unknown as Call;
     default: {
       const name = (v[0] as string).slice(0, MAX_ECHOED_NAME);

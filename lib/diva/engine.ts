@@ -3,14 +3,30 @@
  * wired to the connection's link, with ICE lookups done off the broker.
  *
  * The broker stays free of I/O; this module is the thin glue: it turns the
- * broker's outbox effects into link calls, computes `["ice"]` answers (TURN
- * credentials need WebCrypto, which is asynchronous) and hands them back,
- * and turns the broker's counters into metrics.
+ * broker's outbox effects into link calls, does the asynchronous work the
+ * broker asks for (TURN credentials and token and proof checks need
+ * WebCrypto) and hands the answers back, converts a token's expiry to the
+ * broker's clock, and turns the broker's counters into metrics.
+ *
+ * TURN credentials are minted at most once per connection and user in a
+ * quarter of their lifetime: asking again gets the same ones, so a
+ * connection cannot make the server sign in a loop.
  *
  * @module
  */
 
-import { Broker, type Connection, type Directory, type Limits, OUT_TYPES } from "./broker.ts";
+import type { Grant } from "../auth/grant.ts";
+import type { TokenVerifier } from "../auth/jwt.ts";
+import { verifyProof } from "../auth/proof.ts";
+import {
+  type Access,
+  type AuthRules,
+  Broker,
+  type Connection,
+  type Directory,
+  type Limits,
+  OUT_TYPES,
+} from "./broker.ts";
 import { CALL_NAMES, ERROR_CODES } from "./codec.ts";
 import type { Log } from "../log.ts";
 import type { Engine, EngineStatus, Link, MetricFamily, Sample } from "../transport/engine.ts";
@@ -19,8 +35,19 @@ import type { Engine, EngineStatus, Link, MetricFamily, Sample } from "../transp
 export interface DivaOptions {
   /** Broker limits. */
   limits: Limits;
-  /** The ICE servers for a connection whose TURN user is `ident`. */
-  iceServers: (ident: string) => Promise<readonly unknown[]>;
+  /**
+   * The ICE servers for a connection whose TURN user is `user`; TURN entries
+   * only when `turn` is true.
+   */
+  iceServers: (user: string, turn: boolean) => Promise<readonly unknown[]>;
+  /** Seconds ICE credentials stay valid (for reusing them); 3600 when omitted. */
+  iceTtl?: number;
+  /** Which joins need a token or a proof. */
+  auth?: AuthRules;
+  /** Verifies `["auth", token]` calls, once its keys are imported; without one they are refused. */
+  verifier?: Promise<TokenVerifier>;
+  /** Seconds of clock skew tolerated on a token's expiry. */
+  clockSkew?: number;
   /** The cluster directory, in cluster mode. */
   directory?: Directory<Link>;
   /** The clock, in ms; `performance.now` when omitted. */
@@ -34,6 +61,13 @@ export interface DivaEngine extends Engine<Connection<Link>> {
   /** The broker behind the engine. */
   readonly broker: Broker<Link>;
 }
+
+/**
+ * The longest delay a timer takes (2^31 − 1 ms, about 24.8 days): a longer
+ * one fires at once. A wake asked for later (a token's expiry a month away)
+ * comes at this bound instead, and the broker asks again from there.
+ */
+const MAX_WAKE_MS = 2 ** 31 - 1;
 
 function labelled<K extends string>(
   label: string,
@@ -66,32 +100,71 @@ function labelled<K extends string>(
  */
 export function divaEngine(options: DivaOptions): DivaEngine {
   const log = options.log;
+  const now = options.now ?? (() => performance.now());
+  const skewMs = (options.clockSkew ?? 30) * 1000;
+  const reuseMs = ((options.iceTtl ?? 3600) * 1000) / 4;
+  /** The last ICE answer of each connection, for reuse. */
+  const minted = new WeakMap<
+    Connection<Link>,
+    { key: string; until: number; list: Promise<readonly unknown[]> }
+  >();
+  /** A token's access on the broker's clock (its `exp` is wall-clock time). */
+  const access = (grant: Grant): Access => ({
+    grant,
+    expiresAt: grant.expiresAt === Infinity
+      ? Infinity
+      : now() + (grant.expiresAt + skewMs - Date.now()),
+  });
   const broker: Broker<Link> = new Broker<Link>({
     outbox: {
       send: (link, frame) => link.send(frame),
       close: (link, code, reason) => link.close(code, reason),
-      wake: (link, _conn, delayMs) => link.wake(delayMs),
-      ice(_link, conn, ident) {
-        options.iceServers(ident).then(
+      wake: (link, _conn, delayMs) => link.wake(Math.min(delayMs, MAX_WAKE_MS)),
+      ice(_link, conn, user, turn) {
+        const key = `${turn}|${user}`;
+        let m = minted.get(conn);
+        if (m === undefined || m.key !== key || Date.now() >= m.until) {
+          m = { key, until: Date.now() + reuseMs, list: options.iceServers(user, turn) };
+          minted.set(conn, m);
+        }
+        m.list.then(
           (list) => broker.iceReply(conn, list),
           (e) => {
+            minted.delete(conn);
             log.error("ice lookup failed: {error}", { error: String(e) });
             broker.iceFailed(conn);
           },
         );
       },
+      ask(_link, conn, q) {
+        if (q.kind === "proof") {
+          verifyProof(q.ident, q.challenge, q.signature).then((ok) => broker.answer(conn, q, ok));
+          return;
+        }
+        const verifier = options.verifier;
+        if (verifier === undefined) {
+          broker.answer(conn, q, "this server verifies no tokens");
+          return;
+        }
+        verifier.then((v) => v.verify(q.token)).then(
+          (grant) => broker.answer(conn, q, access(grant)),
+          // The refusal's message names the reason, never the token.
+          (e) => broker.answer(conn, q, (e as Error).message),
+        );
+      },
     },
-    now: options.now ?? (() => performance.now()),
+    now,
     randomBytes: (b) => crypto.getRandomValues(b),
     limits: options.limits,
     directory: options.directory,
+    auth: options.auth,
   });
   return {
     name: "diva",
     broker,
     accepts: (first) =>
       typeof first === "string" ? first.trimStart().startsWith("[") : first[0] === 0x5b,
-    open: (link) => broker.open(link),
+    open: (link, peer) => broker.open(link, peer.grant ? access(peer.grant) : undefined),
     frame: (conn, data) => broker.frame(conn, data),
     oversize: (conn) => broker.tooLarge(conn),
     wake: (conn) => broker.wake(conn),

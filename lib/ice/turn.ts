@@ -90,16 +90,18 @@ export async function turnCredential(
 
 /**
  * The `iceServers` array for one connection: the STUN entry, and a TURN entry
- * with fresh credentials when a secret is configured (none without one).
+ * with fresh credentials when a secret is configured (none without one, and
+ * none when `turn` is false: the connection may not have TURN).
  */
 export async function iceServers(
   config: IceConfig,
   ident: string,
   nowSeconds: number,
+  turn = true,
 ): Promise<IceServer[]> {
   const out: IceServer[] = [];
   if (config.stunUrls.length > 0) out.push({ urls: [...config.stunUrls] });
-  if (config.turnSecrets.length > 0 && config.turnUrls.length > 0) {
+  if (turn && config.turnSecrets.length > 0 && config.turnUrls.length > 0) {
     const c = await turnCredential(config.turnSecrets[0], ident, nowSeconds, config.turnTtl);
     out.push({ urls: [...config.turnUrls], username: c.username, credential: c.credential });
   }

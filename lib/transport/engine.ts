@@ -19,6 +19,8 @@
  * @module
  */
 
+import type { Grant } from "../auth/grant.ts";
+
 /** What an engine may ask of the transport for one connection. */
 export interface Link {
   /** Sends one text frame. */
@@ -35,6 +37,8 @@ export interface Peer {
   readonly url: URL;
   /** The client's address (the proxy's, unless a trusted proxy names another). */
   readonly address: string;
+  /** What the token the client upgraded with grants, when it presented one. */
+  readonly grant?: Grant;
 }
 
 /** One sample of a metric: its labels (none for a plain value) and value. */

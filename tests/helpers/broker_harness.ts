@@ -6,13 +6,22 @@
  * @module
  */
 
-import { Broker, type Connection, type Directory, type Limits } from "../../lib/diva/broker.ts";
+import {
+  type Access,
+  type AuthRules,
+  Broker,
+  type Connection,
+  type Directory,
+  type Limits,
+  type Question,
+} from "../../lib/diva/broker.ts";
 
 /** One effect the broker asked for, in the order it asked. */
 export type Effect =
   | { kind: "send"; to: string; frame: string }
   | { kind: "close"; to: string; code: number; reason: string }
-  | { kind: "ice"; to: string; ident: string }
+  | { kind: "ice"; to: string; ident: string; turn?: boolean }
+  | { kind: "ask"; to: string; question: Question }
   | { kind: "wake"; to: string; at: number };
 
 /** Options for {@link harness}. */
@@ -25,6 +34,10 @@ export interface HarnessOptions {
   seed?: number;
   /** A cluster directory (cluster mode). */
   directory?: Directory<string>;
+  /** Which joins need a token or a proof. */
+  auth?: AuthRules;
+  /** Record the `turn` flag of ice effects (off, so older assertions stay as they are). */
+  recordTurn?: boolean;
 }
 
 /** A broker under test with everything it did recorded. */
@@ -35,8 +48,8 @@ export interface Harness {
   readonly effects: Effect[];
   /** Current clock value in ms. */
   now: number;
-  /** Opens a connection named `name`. */
-  open(name: string): Connection<string>;
+  /** Opens a connection named `name`, with the access a token gave it, if any. */
+  open(name: string, access?: Access): Connection<string>;
   /** Looks up an open (or closed) connection by name. */
   conn(name: string): Connection<string>;
   /** Sends a raw frame from `name`. */
@@ -83,7 +96,11 @@ export function harness(options: HarnessOptions = {}): Harness {
     outbox: {
       send: (to, frame) => effects.push({ kind: "send", to, frame }),
       close: (to, code, reason) => effects.push({ kind: "close", to, code, reason }),
-      ice: (to, _conn, ident) => effects.push({ kind: "ice", to, ident }),
+      ice: (to, _conn, ident, turn) =>
+        effects.push(
+          options.recordTurn ? { kind: "ice", to, ident, turn } : { kind: "ice", to, ident },
+        ),
+      ask: (to, _conn, question) => effects.push({ kind: "ask", to, question }),
       wake: (to, _conn, delayMs) => {
         const at = clock.now + delayMs;
         wakes.set(to, at);
@@ -94,6 +111,7 @@ export function harness(options: HarnessOptions = {}): Harness {
     randomBytes: seededBytes(options.seed),
     limits: options.limits,
     directory: options.directory,
+    auth: options.auth,
   });
   const h: Harness = {
     broker,
@@ -104,8 +122,8 @@ export function harness(options: HarnessOptions = {}): Harness {
     set now(ms: number) {
       clock.now = ms;
     },
-    open(name) {
-      const c = h.broker.open(name);
+    open(name, access) {
+      const c = h.broker.open(name, access);
       conns.set(name, c);
       return c;
     },
