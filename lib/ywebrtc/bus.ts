@@ -2,10 +2,12 @@
  * Where y-webrtc publishes fan out. The engine keeps every rule (what may be
  * subscribed, who may publish, budgets, limits) and asks a {@link TopicBus}
  * only to keep subscriptions, count them and deliver. {@link MemoryBus} does
- * that for one instance; a cluster bus (a Redis backplane) can implement the
- * same interface later, counting subscribers across instances and handing
- * each publish to the instances that hold subscribers, without touching the
- * engine.
+ * that for one instance; in cluster mode `ClusterTopics`
+ * (`lib/cluster/topics.ts`, over Redis) implements the same interface,
+ * counting subscribers across instances and handing each publish to the
+ * instances that hold subscribers. Such a bus learns only after a round
+ * trip that a topic was full cluster-wide, and hands the subscription back
+ * through {@link Refuse}.
  *
  * @module
  */
@@ -14,6 +16,14 @@ import { type PublishMessage, withClients } from "./codec.ts";
 
 /** Hands one delivered frame to a local subscriber. */
 export type Deliver<S> = (sub: S, frame: string) => void;
+
+/**
+ * Takes back a subscription the bus accepted: a cluster bus learns only
+ * after a round trip that a topic was already full cluster-wide. The engine
+ * drops the topic from the subscriber's and answers `topic-full`, as it
+ * would have at once on a single instance.
+ */
+export type Refuse<S> = (sub: S, topic: string) => void;
 
 /** Subscriptions and fan-out of topics, for subscribers of type `S`. */
 export interface TopicBus<S> {

@@ -82,7 +82,7 @@ import type {
   Sample,
 } from "../transport/engine.ts";
 import { utf8Exceeds } from "../transport/utf8.ts";
-import { type Deliver, MemoryBus, type TopicBus } from "./bus.ts";
+import { type Deliver, MemoryBus, type Refuse, type TopicBus } from "./bus.ts";
 import {
   decode,
   encodeError,
@@ -223,9 +223,10 @@ export interface YWebrtcOptions {
   now?: () => number;
   /**
    * Makes the bus publishes fan out on, given how to deliver to a local
-   * subscriber; a {@link MemoryBus} when omitted.
+   * subscriber and how to take back a subscription it could not keep (a
+   * cluster-wide limit checked late); a {@link MemoryBus} when omitted.
    */
-  bus?: (deliver: Deliver<YConn>) => TopicBus<YConn>;
+  bus?: (deliver: Deliver<YConn>, refuse: Refuse<YConn>) => TopicBus<YConn>;
   /**
    * Deliver publishes to a topic the sender has not subscribed (as the
    * reference server does). Off by default: see the module notes.
@@ -316,7 +317,18 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
     stats.deliveredBytes += frame.length;
     sub.link.send(frame);
   };
-  const bus = options.bus?.(deliver) ?? new MemoryBus<YConn>(deliver);
+  const refuse: Refuse<YConn> = (conn, topic) => {
+    if (conn.closed || !conn.topics.delete(topic)) return;
+    bus.unsubscribe(topic, conn);
+    subscriptions--;
+    fail(
+      conn,
+      "topic-full",
+      `at most ${limits.maxSubscribersPerTopic} subscribers per topic; not subscribed`,
+      [topic],
+    );
+  };
+  const bus = options.bus?.(deliver, refuse) ?? new MemoryBus<YConn>(deliver);
   let connections = 0;
   let subscriptions = 0;
   let nextId = 1;
