@@ -48,11 +48,14 @@ async function main(): Promise<number> {
   const log = logger("main");
   let server;
   try {
-    const redis = config.redisUrl === "" ? undefined : await import("./lib/cluster/redis.ts");
-    const cluster = redis?.RedisBackplane;
+    const redis = config.redisUrl === ""
+      ? undefined
+      : await import("./lib/cluster/redis_cluster.ts");
+    const cluster = redis?.RedisCluster;
+    const maxSubscribersPerTopic = config.ywebrtc.maxSubscribersPerTopic;
     server = startServer(config, {
       version: VERSION,
-      cluster: cluster && ((o) => new cluster(o)),
+      cluster: cluster && ((o) => new cluster({ ...o, maxSubscribersPerTopic })),
     });
   } catch (e) {
     // Name the address: "address in use" alone does not say which setting to change.
@@ -69,7 +72,15 @@ async function main(): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
-  await server.finished;
+  try {
+    await server.finished;
+  } catch (e) {
+    // Only Deno's own server (--transport deno) ends like this, when accept()
+    // fails (descriptors exhausted): it no longer listens, so exit and let
+    // the supervisor restart it. The own transport never rejects here.
+    log.error("the HTTP server stopped: {error}", { error: String(e) });
+    return 1;
+  }
   return 0;
 }
 

@@ -327,6 +327,222 @@ export class RelayShard {
   }
 }
 
+// ---------------------------------------------------------------- y-webrtc relay
+
+/** Parameters of a y-webrtc relay shard: as {@link RelayParams}, on the y-webrtc wire. */
+export type YRelayParams = Omit<RelayParams, "partnerUrl">;
+
+/** What a y-webrtc relay shard owes after its peers stopped sending. */
+export interface YRelayDrain {
+  /** Publishes never delivered to the sender's partner. */
+  lost: number;
+  /** Publishes never echoed to their sender (the sender is a subscriber too). */
+  lostEchoes: number;
+  /** How long the last deliveries took to arrive after sending stopped, ms. */
+  drainMs: number;
+}
+
+interface YPeer {
+  ws: WebSocket;
+  /** `a` or `b`: marks the peer's publishes, so it can tell its echo. */
+  role: string;
+  partner: YPeer;
+  /** The publish text up to the sequence number. */
+  prefix: string;
+  /** Last sequence number published. */
+  sent: number;
+  /** Last sequence number received from the partner. */
+  received: number;
+  /** Own publishes echoed back. */
+  echoes: number;
+  /** Send times of the publishes in flight, by sequence number. */
+  sentAt: Float64Array;
+  delivered: number;
+  ready: boolean;
+}
+
+/**
+ * Pairs of y-webrtc peers, each pair alone in a topic: every peer keeps
+ * `window` publishes in flight to its partner by publishing anew for each
+ * one it receives (a closed loop, as {@link RelayShard}). A publish goes to
+ * every subscriber of the topic, the sender included: the sender counts its
+ * echo and ignores it otherwise, so the server does two deliveries per
+ * signal. The same frames work against the reference server (y-webrtc's
+ * `bin/server.js`), which re-serialises each message per receiver: the
+ * generator reads only the role, sequence number and send time, from the
+ * end of the text.
+ */
+export class YRelayShard {
+  readonly #p: YRelayParams;
+  readonly #peers: YPeer[] = [];
+  readonly #hist = new Histogram();
+  readonly #ring: number;
+  #sending = false;
+  #measuring = false;
+  #closing = false;
+  #outOfOrder = 0;
+  #errors = 0;
+  #ready: PromiseWithResolvers<void> = Promise.withResolvers<void>();
+  #notReady = 0;
+  #lastDelivery = 0;
+
+  /** A shard; nothing is connected until {@link setup}. */
+  constructor(params: YRelayParams) {
+    this.#p = params;
+    this.#ring = 2 * params.window + 1;
+  }
+
+  /** Connects every peer and subscribes it to its pair's topic; settles once all are subscribed. */
+  async setup(): Promise<void> {
+    const p = this.#p;
+    const data = candidateData(p.bytes);
+    const n = p.pairs * 2;
+    this.#notReady = n;
+    const topics: string[] = [];
+    for (let k = 0; k < p.pairs; k++) {
+      const topic = `bench-${p.nonce}-y${p.firstPair + k}`;
+      const a = this.#peer("a");
+      const b = this.#peer("b");
+      a.partner = b;
+      b.partner = a;
+      for (const x of [a, b]) {
+        x.prefix = `{"type":"publish","topic":"${topic}","data":${data},"f":"${x.role}","s":`;
+        this.#peers.push(x);
+        topics.push(topic);
+      }
+    }
+    const work = connectMany(() => p.url, n, p.concurrency, (i, ws) => {
+      const peer = this.#peers[i];
+      peer.ws = ws;
+      ws.onmessage = (e) => this.#onMessage(peer, e.data as string);
+      // Frames of one connection are handled in order: the pong says the subscribe was.
+      ws.send(JSON.stringify({ type: "subscribe", topics: [topics[i]] }));
+      ws.send('{"type":"ping"}');
+    }).then(() => this.#ready.promise);
+    await within(work, p.setupTimeoutMs, `y-webrtc relay setup of ${n} peers`);
+  }
+
+  #peer(role: string): YPeer {
+    return {
+      ws: undefined as unknown as WebSocket,
+      role,
+      partner: undefined as unknown as YPeer,
+      prefix: "",
+      sent: 0,
+      received: 0,
+      echoes: 0,
+      sentAt: new Float64Array(this.#ring),
+      delivered: 0,
+      ready: false,
+    };
+  }
+
+  #send(peer: YPeer): void {
+    const s = ++peer.sent;
+    const t = clock();
+    peer.sentAt[s % this.#ring] = t;
+    peer.ws.send(peer.prefix + s + ',"t":' + t + "}}");
+  }
+
+  #onMessage(peer: YPeer, d: string): void {
+    if (d.startsWith('{"type":"publish"')) {
+      const i = d.lastIndexOf(',"s":');
+      // '…"f":"a","s":…': the role is two characters before.
+      if (d.charCodeAt(i - 2) === peer.role.charCodeAt(0)) {
+        peer.echoes++;
+        return;
+      }
+      const j = d.indexOf(',"t":', i);
+      const s = Number(d.slice(i + 5, j));
+      const t = Number(d.slice(j + 5, d.indexOf("}", j)));
+      if (s !== peer.received + 1) this.#outOfOrder++;
+      peer.received = s;
+      const now = clock();
+      this.#lastDelivery = now;
+      if (this.#measuring) {
+        this.#hist.record((now - t) * 1000);
+        peer.delivered++;
+      }
+      if (this.#sending) this.#send(peer);
+      return;
+    }
+    if (d.startsWith('{"type":"pong"') && !peer.ready) {
+      peer.ready = true;
+      if (--this.#notReady === 0) this.#ready.resolve();
+      return;
+    }
+    if (d.startsWith('{"type":"error"') && !this.#closing && this.#errors++ < 3) {
+      console.error(`y-webrtc peer got ${d}`);
+    }
+  }
+
+  /** Starts the closed loop: every peer publishes its window. */
+  start(): void {
+    this.#sending = true;
+    for (const peer of this.#peers) {
+      for (let k = 0; k < this.#p.window; k++) this.#send(peer);
+    }
+  }
+
+  /** Forgets what was counted so far and starts counting. */
+  beginWindow(): void {
+    this.#hist.reset();
+    for (const peer of this.#peers) peer.delivered = 0;
+    this.#measuring = true;
+  }
+
+  /** Stops counting and returns the window's figures. */
+  endWindow(): RelayWindow {
+    this.#measuring = false;
+    const now = clock();
+    let oldest = 0;
+    for (const peer of this.#peers) {
+      const next = peer.partner.received + 1;
+      if (next <= peer.sent) oldest = Math.max(oldest, now - peer.sentAt[next % this.#ring]);
+    }
+    return {
+      delivered: this.#peers.map((x) => x.delivered),
+      histogram: this.#hist.toJSON(),
+      oldestInFlightMs: oldest,
+      outOfOrder: this.#outOfOrder,
+      errors: this.#errors,
+    };
+  }
+
+  /**
+   * Stops publishing and waits (at most `drainTimeoutMs`) until every
+   * publish made has reached the partner and come back to its sender: what
+   * is still missing then was lost.
+   */
+  async drain(drainTimeoutMs = 5000): Promise<YRelayDrain> {
+    this.#sending = false;
+    const stopped = clock();
+    const owed = () => {
+      let lost = 0;
+      let lostEchoes = 0;
+      for (const peer of this.#peers) {
+        lost += peer.sent - peer.partner.received;
+        lostEchoes += peer.sent - peer.echoes;
+      }
+      return { lost, lostEchoes };
+    };
+    for (let waited = 0; waited < drainTimeoutMs; waited += 10) {
+      const o = owed();
+      if (o.lost === 0 && o.lostEchoes === 0) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return { ...owed(), drainMs: Math.max(0, this.#lastDelivery - stopped) };
+  }
+
+  /** Stops sending and closes every peer. */
+  async teardown(): Promise<void> {
+    this.#sending = false;
+    this.#measuring = false;
+    this.#closing = true;
+    await closeAll(this.#peers.map((x) => x.ws).filter((ws) => ws !== undefined));
+  }
+}
+
 // ---------------------------------------------------------------- join
 
 /** Parameters of a join shard (used by the join storm and the idle footprint). */
@@ -441,6 +657,7 @@ export class JoinShard {
 /** What a shard is made from. */
 export type ShardSpec =
   | { type: "relay"; params: RelayParams }
+  | { type: "yrelay"; params: YRelayParams }
   | { type: "join"; params: JoinParams };
 
 /** The calls a driver makes on a shard, with their results. */
@@ -453,18 +670,27 @@ export interface ShardCalls {
   beginWindow: void;
   /** {@link RelayShard.endWindow}. */
   endWindow: RelayWindow;
+  /** {@link YRelayShard.drain}. */
+  drain: YRelayDrain;
   /** {@link JoinShard.run}. */
   run: JoinResult;
   /** Either shard's teardown. */
   teardown: void;
 }
 
-/** A shard of either type. */
-export type Shard = RelayShard | JoinShard;
+/** A shard of any type. */
+export type Shard = RelayShard | YRelayShard | JoinShard;
 
 /** Builds the shard `spec` describes. */
 export function makeShard(spec: ShardSpec): Shard {
-  return spec.type === "relay" ? new RelayShard(spec.params) : new JoinShard(spec.params);
+  switch (spec.type) {
+    case "relay":
+      return new RelayShard(spec.params);
+    case "yrelay":
+      return new YRelayShard(spec.params);
+    case "join":
+      return new JoinShard(spec.params);
+  }
 }
 
 /** Carries out `method` on `shard`; a call the shard's type lacks is an error. */
@@ -473,7 +699,7 @@ export async function dispatch<M extends keyof ShardCalls>(
   method: M,
 ): Promise<ShardCalls[M]> {
   if (method === "teardown") return await shard.teardown() as ShardCalls[M];
-  if (shard instanceof RelayShard) {
+  if (shard instanceof RelayShard || shard instanceof YRelayShard) {
     switch (method) {
       case "setup":
         return await shard.setup() as ShardCalls[M];
@@ -483,6 +709,8 @@ export async function dispatch<M extends keyof ShardCalls>(
         return shard.beginWindow() as ShardCalls[M];
       case "endWindow":
         return shard.endWindow() as ShardCalls[M];
+      case "drain":
+        if (shard instanceof YRelayShard) return await shard.drain() as ShardCalls[M];
     }
   } else if (method === "run") return await shard.run() as ShardCalls[M];
   throw new Error(`a ${shard.constructor.name} has no ${method}`);

@@ -8,6 +8,7 @@
  * deno task bench --quick         # tiny sizes, seconds
  * deno task bench --only relay --pairs 50 --duration 20
  * deno task bench --only cluster,relay --pairs 50   # two instances on one Redis
+ * deno task bench --only ywebrtc --pairs 50         # y-webrtc, against its own server
  * deno task bench --url ws://127.0.0.1:3903/ --server-pid 1234 --targets server
  * ```
  *
@@ -28,7 +29,9 @@ import {
   type Shard,
   type ShardCalls,
   type ShardSpec,
+  type YRelayParams,
 } from "./load.ts";
+import { prepareReference, type Reference } from "./reference.ts";
 import { grouped, Histogram, jain, sig } from "./stats.ts";
 import {
   cpuSeconds,
@@ -41,6 +44,7 @@ import {
   rssBytes,
   SERVER_FLAGS,
   startRedis,
+  startReference,
   startTarget,
   type Target,
   type TargetName,
@@ -54,19 +58,28 @@ Workloads (--only, comma-separated; default all):
   relay   pairs of peers in rooms of two, each keeping --window signals in flight
   join    join storm: --clients clients take an ident and join rooms of --room-size
   idle    --idle-clients clients joined in rooms of --idle-room-size, then idle: memory
+  ywebrtc the relay on the y-webrtc wire: --ywebrtc-pairs pairs, each alone in a topic,
+          each peer keeping --window publishes in flight to its partner (the server
+          echoes each to its sender too); lost messages counted after a drain. Compared
+          with y-webrtc's own bin/server.js under Node ("reference"), measured in the
+          same run; when Node or the package cannot run, the reference is reported
+          skipped.
   cluster a redis-server and two server instances on it (started here, whatever --url
           says); the relay with --cluster-pairs pairs whose ends sit on different
           instances ("cross"), then on one instance ("same"); compared with the
           single-instance relay at the same P when that ran too. In the default set
           only when redis-server is installed.
 
-Targets (--targets, default bound,server,defaults): "server" is the project with shaping
-off (started here, or --url), "defaults" the project with every setting as shipped (relay
-only: what the defaults cost), "bound" the bare relay in bench/bare_relay.ts; the
-project's figures are also given as ratios of the bound measured in the same run.
+Targets (--targets, default bound,server,defaults,reference): "server" is the project with
+shaping off (started here, or --url), "defaults" the project with every setting as shipped
+(relay and ywebrtc only: what the defaults cost), "bound" the bare relay in
+bench/bare_relay.ts (DIVA workloads), "reference" y-webrtc's own server (ywebrtc only); the
+project's figures are also given as ratios of the bound (or the reference) measured in the
+same run.
 
   --pairs LIST          relay pair counts, one run each (default 50,500)
   --cluster-pairs N     cluster relay pairs (default 50)
+  --ywebrtc-pairs LIST  y-webrtc relay pair counts (default: --pairs)
   --window N            signals each peer keeps in flight (default 16)
   --bytes N             approximate JSON size of each signal's data (default 300)
   --warmup S            relay warm-up seconds (default 2)
@@ -86,14 +99,16 @@ project's figures are also given as ratios of the bound measured in the same run
   --server-pid PID      its process id, for memory and CPU figures
   --server-flags "…"    extra flags for the started server (e.g. "--idle-timeout 0")
   --profile DIR         run the server with --cpu-prof into DIR (see bench/profile_summary.ts)
-  --quick               tiny sizes (pairs 2,4; cluster pairs 2; window 2; 1 s; 20 clients)
+  --quick               tiny sizes (pairs 2,4; cluster and y-webrtc pairs 2; window 2; 1 s;
+                        20 clients)
   --help                this text`;
 
 const OPTIONS = {
   only: { type: "string" },
-  targets: { type: "string", default: "bound,server,defaults" },
+  targets: { type: "string", default: "bound,server,defaults,reference" },
   pairs: { type: "string" },
   "cluster-pairs": { type: "string" },
+  "ywebrtc-pairs": { type: "string" },
   window: { type: "string" },
   bytes: { type: "string" },
   warmup: { type: "string" },
@@ -120,7 +135,7 @@ const OPTIONS = {
 const PINNED_ENV = "BENCH_GENERATOR_PINNED";
 
 /** Every workload, in the order they run (cluster last, to compare with the relay). */
-const WORKLOADS = ["relay", "join", "idle", "cluster"];
+const WORKLOADS = ["relay", "join", "idle", "ywebrtc", "cluster"];
 
 /** The benchmark's settings after defaults. */
 interface Settings {
@@ -131,6 +146,7 @@ interface Settings {
   redisVersion: string | undefined;
   targets: TargetName[];
   pairs: number[];
+  ywebrtcPairs: number[];
   clusterPairs: number;
   window: number;
   bytes: number;
@@ -189,15 +205,19 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
   }
   const targets = values.targets.split(",").map((s) => s.trim()).filter((s) => s !== "");
   for (const t of targets) {
-    if (t !== "server" && t !== "bound" && t !== "defaults") {
+    if (t !== "server" && t !== "bound" && t !== "defaults" && t !== "reference") {
       throw new UsageError(`--targets: unknown target "${t}"`);
     }
   }
-  // The bound first, so the server's line can carry its ratios.
-  targets.sort((a, b) => (a === "bound" ? -1 : b === "bound" ? 1 : 0));
+  // The baselines first, so the server's lines can carry their ratios.
+  const baseline = (t: string) => t === "bound" || t === "reference";
+  targets.sort((a, b) => Number(baseline(b)) - Number(baseline(a)));
   const pairs = (values.pairs ?? (q ? "2,4" : "50,500")).split(",").map((s) =>
     int(s.trim(), 0, "pairs")
   );
+  const ywebrtcPairs = values["ywebrtc-pairs"] === undefined
+    ? (q && values.pairs === undefined ? [2] : pairs)
+    : values["ywebrtc-pairs"].split(",").map((s) => int(s.trim(), 0, "ywebrtc-pairs"));
   const cpus = onlineCpus();
   const pin = values.pin === "auto" && cpus >= 2 && await hasTaskset();
   if (values.pin !== "auto" && values.pin !== "off") throw new UsageError(`--pin: auto or off`);
@@ -207,6 +227,7 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
     redisVersion: redis,
     targets: targets as TargetName[],
     pairs,
+    ywebrtcPairs,
     clusterPairs: int(values["cluster-pairs"], q ? 2 : 50, "cluster-pairs"),
     window: int(values.window, q ? 2 : 16, "window"),
     bytes: int(values.bytes, 300, "bytes", 0),
@@ -371,6 +392,11 @@ interface RelaySpot {
   nonce: string;
   /** Processes whose CPU share is read over the measured window. */
   watch: Watched[];
+  /**
+   * The wire: DIVA (`join`, `signal`) by default, or y-webrtc (`subscribe`,
+   * `publish`), whose run ends with a drain that counts lost messages.
+   */
+  protocol?: "diva" | "ywebrtc";
 }
 
 /** A relay run's figures; `cpu` holds each watched process's share of one core. */
@@ -387,11 +413,10 @@ interface RelayFigures {
 /** Runs the relay workload with `pairs` pairs at `spot` and measures one window. */
 async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promise<RelayFigures> {
   const workers = Math.min(s.genWorkers, pairs);
-  const specs: ShardSpec[] = split(pairs, workers).map(([first, count]) => ({
-    type: "relay",
-    params: {
+  const ywebrtc = spot.protocol === "ywebrtc";
+  const specs: ShardSpec[] = split(pairs, workers).map(([first, count]): ShardSpec => {
+    const params = {
       url: spot.url,
-      partnerUrl: spot.partnerUrl,
       nonce: spot.nonce,
       firstPair: first,
       pairs: count,
@@ -399,8 +424,11 @@ async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promis
       bytes: s.bytes,
       concurrency: s.concurrency,
       setupTimeoutMs: 120_000,
-    } satisfies RelayParams,
-  }));
+    } satisfies YRelayParams;
+    return ywebrtc
+      ? { type: "yrelay", params }
+      : { type: "relay", params: { ...params, partnerUrl: spot.partnerUrl } satisfies RelayParams };
+  });
   const hs = await shards(specs, s.genWorkers);
   try {
     await all(hs, "setup");
@@ -415,6 +443,8 @@ async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promis
     const t1 = clock();
     const after = spot.watch.map((w) => cpuSeconds(w.pid));
     const gen1 = cpuSeconds("self");
+    // After the window: stop publishing, let what is in flight arrive, count what did not.
+    const drains = ywebrtc ? await all(hs, "drain") : [];
     const seconds = (t1 - t0) / 1000;
     const hist = new Histogram();
     const delivered: number[] = [];
@@ -461,6 +491,13 @@ async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promis
         per_peer: spread(delivered),
         out_of_order: outOfOrder,
         errors,
+        ...(ywebrtc
+          ? {
+            lost: drains.reduce((a, d) => a + d.lost, 0),
+            lost_echoes: drains.reduce((a, d) => a + d.lostEchoes, 0),
+            drain_ms: sig(Math.max(0, ...drains.map((d) => d.drainMs)), 3),
+          }
+          : {}),
       },
     };
   } finally {
@@ -501,6 +538,59 @@ function relaySummary(l: Line): string {
     l.server_cpu ?? "?"
   } (${l.server_cpu_us_per_msg ?? "?"} µs/msg), generator cpu ${l.gen_cpu ?? "?"}` +
     (v ? ` | vs bound: ${v.msgs_per_s}× msg/s, ${v.server_cpu_us_per_msg}× µs/msg` : "");
+}
+
+/**
+ * The relay on the y-webrtc wire: `pairs` pairs, each alone in a topic
+ * (the project serves y-webrtc on `/yjs`; the reference server on any path).
+ */
+async function ywebrtcRelay(
+  run: Run,
+  pairs: number,
+  reference: Reference | undefined,
+): Promise<Line> {
+  const { s, target } = run;
+  const url = target.name === "reference" || s.url !== undefined
+    ? target.url
+    : new URL("yjs", target.url).href;
+  const r = await measureRelay(s, {
+    url,
+    nonce: `${run.runNonce}y${pairs}`,
+    watch: [{ name: "server", pid: target.pid }],
+    protocol: "ywebrtc",
+  }, pairs);
+  return {
+    bench: "ywebrtc",
+    target: target.name,
+    ...r.line,
+    server_cpu: r.cpu.server,
+    gen_cpu: r.cpu.generator,
+    server_cpu_us_per_msg: usPerMsg(r.cpuSeconds.server, r.total),
+    server_rss_bytes: rssBytes(target.pid) ?? null,
+    gen_workers: r.workers,
+    ...(target.name === "reference" && reference !== undefined
+      ? {
+        reference: {
+          server: `y-webrtc@${reference.version} bin/server.js`,
+          node: reference.node,
+          layout: reference.how,
+        },
+      }
+      : {}),
+  };
+}
+
+function ywebrtcSummary(l: Line): string {
+  const lat = l.latency_ms as Record<string, number>;
+  const v = l.vs_reference as Record<string, number | null> | undefined;
+  return `ywebrtc ${String(l.target).padEnd(9)} P=${l.pairs} W=${l.window}: ${
+    grouped(l.msgs_per_s as number)
+  } msg/s, latency p50 ${lat.p50} ms p99 ${lat.p99} ms max ${lat.max} ms, fairness ${l.fairness}, lost ${l.lost} (+${l.lost_echoes} echoes), server cpu ${
+    l.server_cpu ?? "?"
+  } (${l.server_cpu_us_per_msg ?? "?"} µs/msg), generator cpu ${l.gen_cpu ?? "?"}` +
+    (v
+      ? ` | vs reference: ${v.msgs_per_s}× msg/s, ${v.server_cpu_us_per_msg}× µs/msg, ${v.latency_p50}× p50`
+      : "");
 }
 
 async function joinRun(
@@ -757,10 +847,14 @@ async function withTarget<T>(
   s: Settings,
   name: TargetName,
   f: (t: Target) => Promise<T>,
+  reference?: Reference,
 ): Promise<T> {
   let target: Target;
   if (name === "server" && s.url !== undefined) target = externalTarget(s.url, s.serverPid);
-  else {
+  else if (name === "reference") {
+    if (reference === undefined) throw new Error("the reference server was not prepared");
+    target = await startReference(reference, s.serverCpus);
+  } else {
     const denoFlags = name === "server" && s.profile !== undefined
       ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}`]
       : [];
@@ -820,25 +914,73 @@ async function bench(s: Settings): Promise<void> {
   if (s.only.has("idle")) {
     workloads.push(["idle", idle, ["bytes_per_conn"], idleSummary]);
   }
+  let reference: Reference | undefined;
+  if (s.only.has("ywebrtc")) {
+    if (s.targets.includes("reference")) {
+      const r = await prepareReference();
+      if ("skipped" in r) {
+        emit(
+          { bench: "ywebrtc", target: "reference", skipped: r.skipped },
+          `ywebrtc reference skipped: ${r.skipped}`,
+        );
+      } else reference = r;
+    }
+    for (const p of s.ywebrtcPairs) {
+      workloads.push([
+        "ywebrtc",
+        (run) => ywebrtcRelay(run, p, reference),
+        ["msgs_per_s", "server_cpu_us_per_msg", "longest_wait_ms"],
+        ywebrtcSummary,
+      ]);
+    }
+  }
+  try {
+    await runWorkloads(s, runNonce, workloads, reference);
+  } finally {
+    await reference?.cleanup();
+  }
+}
+
+/**
+ * Runs each workload against each target, the baseline first (the bound
+ * for DIVA's, the reference server for y-webrtc's), and gives the others'
+ * figures as ratios of it; then the cluster workload.
+ */
+async function runWorkloads(
+  s: Settings,
+  runNonce: string,
+  workloads: [string, (run: Run) => Promise<Line>, string[], (l: Line) => string][],
+  reference: Reference | undefined,
+): Promise<void> {
   /** The single-instance server's relay lines by pair count, for the cluster's `vs_single`. */
   const singles = new Map<number, Line>();
-  for (const [, work, keys, summary] of workloads) {
-    let bound: Line | undefined;
+  for (const [workload, work, keys, summary] of workloads) {
+    const yjs = workload === "ywebrtc";
+    const baselineName: TargetName = yjs ? "reference" : "bound";
+    let baseline: Line | undefined;
     for (const name of s.targets) {
-      // What the defaults cost is a question for the relay; other workloads measure capacity.
+      // What the defaults cost is a question for the relays; other workloads measure capacity.
       if (name === "defaults" && keys[0] !== "msgs_per_s") continue;
-      const line = await withTarget(s, name, (target) => work({ s, target, runNonce }));
-      if (name === "bound") bound = line;
+      // The bare relay speaks DIVA only, the reference server y-webrtc only.
+      if (name === (yjs ? "bound" : "reference")) continue;
+      if (name === "reference" && reference === undefined) continue;
+      const line = await withTarget(
+        s,
+        name,
+        (target) => work({ s, target, runNonce }),
+        reference,
+      );
+      if (name === baselineName) baseline = line;
       else {
-        const v = ratios(line, bound, keys);
+        const v = ratios(line, baseline, keys);
         if (v !== undefined) {
-          if (line.bench === "relay") {
+          if (line.bench === "relay" || line.bench === "ywebrtc") {
             const lat = line.latency_ms as Record<string, number>;
-            const blat = bound!.latency_ms as Record<string, number>;
+            const blat = baseline!.latency_ms as Record<string, number>;
             v.latency_p50 = ratio(lat.p50, blat.p50);
             v.latency_p99 = ratio(lat.p99, blat.p99);
           }
-          line.vs_bound = v;
+          line[yjs ? "vs_reference" : "vs_bound"] = v;
         }
         if (line.bench === "relay" && name === "server") singles.set(line.pairs as number, line);
       }

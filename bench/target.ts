@@ -8,13 +8,14 @@
  */
 
 /** Which server a run measures. */
-export type TargetName = "server" | "bound" | "defaults";
+export type TargetName = "server" | "bound" | "defaults" | "reference";
 
 /** A server the generator talks to. */
 export interface Target {
   /**
    * `server` is the project with shaping off, `defaults` the project with
-   * every setting at its default, `bound` the bare relay.
+   * every setting at its default, `bound` the bare relay, `reference`
+   * y-webrtc's own signalling server under Node.
    */
   readonly name: TargetName;
   /** Its WebSocket URL. */
@@ -149,6 +150,7 @@ function freePort(): number {
 
 /** Starts the project's server (`server`) or the bare relay (`bound`) on a free loopback port. */
 export async function startTarget(name: TargetName, options: StartOptions): Promise<Target> {
+  if (name === "reference") throw new Error("the reference server starts with startReference");
   const port = freePort();
   const script = name === "bound"
     ? new URL("bench/bare_relay.ts", ROOT).pathname
@@ -159,7 +161,7 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     ? DEFAULTS_FLAGS
     : [];
   const args = ["--port", String(port), "--host", "127.0.0.1", ...flags];
-  const argv = await wrapped([
+  return await launch(name, port, [
     Deno.execPath(),
     "run",
     "--allow-net",
@@ -168,19 +170,49 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     ...options.denoFlags,
     script,
     ...args,
-  ], options.cpus);
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    cwd: ROOT.pathname,
+  ], {
+    cpus: options.cpus,
+    health: name === "bound" ? "/" : options.readyPath ?? "/healthz",
+  });
+}
+
+/**
+ * Starts y-webrtc's own signalling server, `node <dir>/bin/server.js` as
+ * `prepareReference` (`reference.ts`) found it, with `PORT` set, on a free
+ * loopback port; it answers `okay` to any HTTP request once it listens.
+ */
+export async function startReference(
+  command: { argv: string[]; cwd: string },
+  cpus: string,
+): Promise<Target> {
+  const port = freePort();
+  return await launch("reference", port, command.argv, {
+    cpus,
+    health: "/",
+    cwd: command.cwd,
+    env: { PORT: String(port) },
+  });
+}
+
+/** Runs `argv` (pinned to `cpus`) and waits until `health` on `port` answers 200. */
+async function launch(
+  name: TargetName,
+  port: number,
+  argv: string[],
+  o: { cpus: string; health: string; cwd?: string; env?: Record<string, string> },
+): Promise<Target> {
+  const full = await wrapped(argv, o.cpus);
+  const child = new Deno.Command(full[0], {
+    args: full.slice(1),
+    cwd: o.cwd ?? ROOT.pathname,
+    env: o.env,
     stdin: "null",
     stdout: "null",
     stderr: "inherit",
   }).spawn();
   const proc = track(child);
   // Ready once it answers HTTP; bounded, and failing fast if it exits.
-  const health = `http://127.0.0.1:${port}${
-    name === "bound" ? "/" : options.readyPath ?? "/healthz"
-  }`;
+  const health = `http://127.0.0.1:${port}${o.health}`;
   const until = Date.now() + 30_000;
   for (let attempt = 0; attempt < 600; attempt++) {
     if (proc.exited()) {

@@ -10,6 +10,7 @@
 
 import { parseArgs } from "node:util";
 import { DEFAULT_LIMITS, type Limits } from "./diva/broker.ts";
+import { DEFAULT_PEERJS_LIMITS, peerjsWsPath } from "./peerjs/engine.ts";
 
 /** The server's whole configuration. */
 export interface Config {
@@ -23,6 +24,20 @@ export interface Config {
   limits: Limits;
   /** Limits of the y-webrtc engine that are its own (shaping follows `limits`). */
   ywebrtc: { maxTopicsPerConnection: number; maxSubscribersPerTopic: number };
+  /** Settings of the PeerJS engine (shaping and the frame size follow `limits`). */
+  peerjs: PeerjsSettings;
+  /** Which HTTP/WebSocket implementation serves: this project's own, or Deno's built-in. */
+  transport: TransportName;
+  /** Most connections at once (own transport); past it new ones get 503. */
+  maxConnections: number;
+  /** Most connections from one client address (own transport; 0 = no cap). */
+  maxConnectionsPerAddress: number;
+  /** A proxy header that names the client address, believed only from `trustedProxies`. */
+  trustProxyHeader: string;
+  /** Addresses of the proxies whose `trustProxyHeader` is believed. */
+  trustedProxies: string[];
+  /** Seconds a request head may take to arrive (own transport). */
+  headerTimeout: number;
   /** Unsent bytes a connection may have queued before it is closed. */
   maxBufferedBytes: number;
   /** Seconds without a pong before a connection is deemed dead (0 = off). */
@@ -49,6 +64,58 @@ export interface Config {
   redisUrl: string;
   /** Seconds a graceful shutdown may take before the process exits anyway. */
   shutdownTimeout: number;
+  /** Tokens (JWT) and key-proven idents; everything is off by default. */
+  auth: AuthSettings;
+  /** A bearer token `/metrics` asks for ("" = open). */
+  metricsToken: string;
+}
+
+/** The auth settings: where token keys come from and what needs a token or a proof. */
+export interface AuthSettings {
+  /** HS256 shared secrets (several, for rotation); from `--jwt-secrets` and `--jwt-secret-file`. */
+  secrets: string[];
+  /** Public keys (PEM or JWK text) read from the `--jwt-public-keys` files. */
+  publicKeys: string[];
+  /** A JWKS URL, fetched and cached. */
+  jwksUrl: string;
+  /** The `aud` tokens must name ("" = not checked). */
+  audience: string;
+  /** The `iss` tokens must have ("" = not checked). */
+  issuer: string;
+  /** Seconds of clock difference tolerated on `exp` and `nbf`. */
+  clockSkew: number;
+  /** Every WebSocket needs a valid token at the upgrade (401 otherwise). */
+  required: boolean;
+  /** Room (and topic) patterns whose joins need a token granting them. */
+  rooms: string[];
+  /** Room patterns whose joins need an ident proven by its key. */
+  proofRooms: string[];
+}
+
+/** The transports the server can run on. */
+export const TRANSPORTS = ["own", "deno"] as const;
+
+/** One of {@link TRANSPORTS}. */
+export type TransportName = typeof TRANSPORTS[number];
+
+/** The `--peerjs-*` settings: `peer` 1.0.2's options of the same meaning, in its units. */
+export interface PeerjsSettings {
+  /** Keys served (`peer`'s `key`); each is a namespace of its own. */
+  keys: string[];
+  /** Base path clients give as `path`, starting and ending with `/`; the socket is `<path>peerjs`. */
+  path: string;
+  /** Ms messages for an id that is not connected wait before their senders get EXPIRE. */
+  expireTimeout: number;
+  /** Ms a connection may send nothing before it is closed (0 = never). */
+  aliveTimeout: number;
+  /** Answer `GET <path><key>/peers` with the ids held. */
+  allowDiscovery: boolean;
+  /** Ids this instance may hold at once. */
+  concurrentLimit: number;
+  /** Messages that may wait for one id that is not connected. */
+  queuePerId: number;
+  /** Bytes that may wait for ids that are not connected, in total. */
+  queueBytes: number;
 }
 
 /** Log levels, most verbose first. */
@@ -93,6 +160,20 @@ interface Flat {
   maxQueuedBytes: number;
   yjsMaxTopics: number;
   yjsMaxSubscribers: number;
+  peerjsKeys: string[];
+  peerjsPath: string;
+  peerjsExpireTimeout: number;
+  peerjsAliveTimeout: number;
+  peerjsAllowDiscovery: boolean;
+  peerjsConcurrentLimit: number;
+  peerjsQueuePerId: number;
+  peerjsQueueBytes: number;
+  transport: TransportName;
+  maxConnections: number;
+  maxConnectionsPerAddress: number;
+  trustProxyHeader: string;
+  trustedProxies: string[];
+  headerTimeout: number;
   maxBufferedBytes: number;
   idleTimeout: number;
   allowedOrigins: string[];
@@ -107,6 +188,17 @@ interface Flat {
   turnTtl: number;
   redisUrl: string;
   shutdownTimeout: number;
+  jwtSecrets: string[];
+  jwtSecretFile: string;
+  jwtPublicKeys: string[];
+  jwksUrl: string;
+  jwtAudience: string;
+  jwtIssuer: string;
+  jwtClockSkew: number;
+  authRequired: boolean;
+  authRooms: string[];
+  proofRooms: string[];
+  metricsToken: string;
 }
 
 function int(min: number, max: number): Parse<number> {
@@ -138,6 +230,41 @@ function path(t: string): string {
     throw new Error(`"${t}" is not a URL path starting with /`);
   }
   return t === "/" ? "" : t;
+}
+
+function bool(t: string): boolean {
+  const v = t.toLowerCase();
+  if (["true", "1", "yes", "on"].includes(v)) return true;
+  if (["false", "0", "no", "off"].includes(v)) return false;
+  throw new Error(`"${t}" is not true or false`);
+}
+
+/** PeerJS keys appear in URL paths (`/<key>/id`): unreserved characters only. */
+function peerjsKeys(t: string): string[] {
+  const all = list(t);
+  if (all.length === 0) throw new Error("at least one key is needed");
+  for (const k of all) {
+    if (!/^[A-Za-z0-9._~-]{1,128}$/.test(k)) {
+      throw new Error(`"${k}" is not a key of 1 to 128 letters, digits or . _ ~ -`);
+    }
+  }
+  return all;
+}
+
+/** A PeerJS base path: `/`, or segments between slashes; a missing final slash is added. */
+function peerjsPath(t: string): string {
+  const p = t.endsWith("/") ? t : t + "/";
+  if (!/^\/([A-Za-z0-9._~-]+\/)*$/.test(p)) {
+    throw new Error(`"${t}" is not a URL path starting with / (such as / or /myapp/)`);
+  }
+  return p;
+}
+
+/** Milliseconds, 0 for never, else at least 1000. */
+function aliveMs(t: string): number {
+  const n = int(0, 24 * 3600 * 1000)(t);
+  if (n > 0 && n < 1000) throw new Error(`${n} is neither 0 (never) nor at least 1000 ms`);
+  return n;
 }
 
 function urls(t: string): string[] {
@@ -281,6 +408,122 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     parse: int(1, MAX),
   },
   {
+    key: "peerjsKeys",
+    flag: "peerjs-keys",
+    env: "PEERJS_KEYS",
+    default: "peerjs",
+    help: "comma-separated PeerJS keys served, each its own namespace of ids",
+    parse: peerjsKeys,
+  },
+  {
+    key: "peerjsPath",
+    flag: "peerjs-path",
+    env: "PEERJS_PATH",
+    default: "/",
+    help: "PeerJS path (the client's `path` option); its socket is <path>peerjs",
+    parse: peerjsPath,
+  },
+  {
+    key: "peerjsExpireTimeout",
+    flag: "peerjs-expire-timeout",
+    env: "PEERJS_EXPIRE_TIMEOUT",
+    default: String(DEFAULT_PEERJS_LIMITS.expireTimeout),
+    help: "ms messages wait for a PeerJS id that is not connected; then the sender gets EXPIRE",
+    parse: int(100, 3600 * 1000),
+  },
+  {
+    key: "peerjsAliveTimeout",
+    flag: "peerjs-alive-timeout",
+    env: "PEERJS_ALIVE_TIMEOUT",
+    default: String(DEFAULT_PEERJS_LIMITS.aliveTimeout),
+    help: "ms a PeerJS connection may send nothing (not even HEARTBEAT) before it is closed " +
+      "(0 = never)",
+    parse: aliveMs,
+  },
+  {
+    key: "peerjsAllowDiscovery",
+    flag: "peerjs-allow-discovery",
+    env: "PEERJS_ALLOW_DISCOVERY",
+    default: "false",
+    help: "true: GET <path><key>/peers lists the ids held (else 401)",
+    parse: bool,
+  },
+  {
+    key: "peerjsConcurrentLimit",
+    flag: "peerjs-concurrent-limit",
+    env: "PEERJS_CONCURRENT_LIMIT",
+    default: String(DEFAULT_PEERJS_LIMITS.concurrentLimit),
+    help: "PeerJS ids this instance may hold at once",
+    parse: int(1, MAX),
+  },
+  {
+    key: "peerjsQueuePerId",
+    flag: "peerjs-queue-per-id",
+    env: "PEERJS_QUEUE_PER_ID",
+    default: String(DEFAULT_PEERJS_LIMITS.maxOfflinePerId),
+    help: "messages that may wait for one PeerJS id that is not connected",
+    parse: int(0, MAX),
+  },
+  {
+    key: "peerjsQueueBytes",
+    flag: "peerjs-queue-bytes",
+    env: "PEERJS_QUEUE_BYTES",
+    default: String(DEFAULT_PEERJS_LIMITS.maxOfflineBytes),
+    help: "bytes that may wait for PeerJS ids that are not connected, in total",
+    parse: int(0, MAX),
+  },
+  {
+    key: "transport",
+    flag: "transport",
+    env: "TRANSPORT",
+    default: "own",
+    help: "own (caps, timeouts, limits as bytes arrive) | deno (Deno.serve, for comparison)",
+    parse: oneOf(TRANSPORTS),
+  },
+  {
+    key: "maxConnections",
+    flag: "max-connections",
+    env: "MAX_CONNECTIONS",
+    default: "10000",
+    help: "connections at once; past it new ones get 503 (own transport)",
+    parse: int(1, MAX),
+  },
+  {
+    key: "maxConnectionsPerAddress",
+    flag: "max-connections-per-address",
+    env: "MAX_CONNECTIONS_PER_ADDRESS",
+    default: "256",
+    help: "connections from one client address (0 = no cap; own transport)",
+    parse: int(0, MAX),
+  },
+  {
+    key: "trustProxyHeader",
+    flag: "trust-proxy-header",
+    env: "TRUST_PROXY_HEADER",
+    default: "",
+    help: "header naming the client address behind a proxy, e.g. x-forwarded-for",
+    parse: (t) => {
+      if (t !== "" && !/^[A-Za-z0-9-]+$/.test(t)) throw new Error(`"${t}" is not a header name`);
+      return t.toLowerCase();
+    },
+  },
+  {
+    key: "trustedProxies",
+    flag: "trusted-proxies",
+    env: "TRUSTED_PROXIES",
+    default: "",
+    help: "comma-separated proxy addresses whose --trust-proxy-header is believed",
+    parse: list,
+  },
+  {
+    key: "headerTimeout",
+    flag: "header-timeout",
+    env: "HEADER_TIMEOUT",
+    default: "5",
+    help: "seconds a request head may take to arrive (own transport)",
+    parse: int(1, 300),
+  },
+  {
     key: "maxBufferedBytes",
     flag: "max-buffered-bytes",
     env: "MAX_BUFFERED_BYTES",
@@ -377,6 +620,97 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     parse: int(60, 7 * 24 * 3600),
   },
   {
+    key: "jwtSecrets",
+    flag: "jwt-secrets",
+    env: "JWT_SECRETS",
+    default: "",
+    help: "HS256 token secret(s), comma-separated (rotation: old ones after)",
+    parse: list,
+  },
+  {
+    key: "jwtSecretFile",
+    flag: "jwt-secret-file",
+    env: "JWT_SECRET_FILE",
+    default: "",
+    help: "file with HS256 token secrets, one a line",
+    parse: text,
+  },
+  {
+    key: "jwtPublicKeys",
+    flag: "jwt-public-keys",
+    env: "JWT_PUBLIC_KEYS",
+    default: "",
+    help: "comma-separated PEM or JWK files of token keys (ES256, RS256, EdDSA)",
+    parse: list,
+  },
+  {
+    key: "jwksUrl",
+    flag: "jwks-url",
+    env: "JWKS_URL",
+    default: "",
+    help: "URL of a JWKS with the token keys, fetched and cached",
+    parse: (t) => {
+      if (t !== "" && !/^https?:\/\//.test(t)) throw new Error(`"${t}" is not an http(s) URL`);
+      return t;
+    },
+  },
+  {
+    key: "jwtAudience",
+    flag: "jwt-audience",
+    env: "JWT_AUDIENCE",
+    default: "",
+    help: "the aud tokens must name (empty = not checked)",
+    parse: text,
+  },
+  {
+    key: "jwtIssuer",
+    flag: "jwt-issuer",
+    env: "JWT_ISSUER",
+    default: "",
+    help: "the iss tokens must have (empty = not checked)",
+    parse: text,
+  },
+  {
+    key: "jwtClockSkew",
+    flag: "jwt-clock-skew",
+    env: "JWT_CLOCK_SKEW",
+    default: "30",
+    help: "seconds of clock difference tolerated on exp and nbf",
+    parse: int(0, 600),
+  },
+  {
+    key: "authRequired",
+    flag: "auth-required",
+    env: "AUTH_REQUIRED",
+    default: "false",
+    help: "every WebSocket needs a valid token (true | false)",
+    parse: bool,
+  },
+  {
+    key: "authRooms",
+    flag: "auth-rooms",
+    env: "AUTH_ROOMS",
+    default: "",
+    help: "comma-separated room patterns (team-*, *) whose joins need a token granting them",
+    parse: list,
+  },
+  {
+    key: "proofRooms",
+    flag: "proof-rooms",
+    env: "PROOF_ROOMS",
+    default: "",
+    help: "comma-separated room patterns whose joins need an ident proven by its key",
+    parse: list,
+  },
+  {
+    key: "metricsToken",
+    flag: "metrics-token",
+    env: "METRICS_TOKEN",
+    default: "",
+    help: "bearer token /metrics asks for (empty = open)",
+    parse: text,
+  },
+  {
     key: "redisUrl",
     flag: "redis-url",
     env: "REDIS_URL",
@@ -435,9 +769,17 @@ export function parseConfig(source: ConfigSource): ParsedCommand {
     version: { type: "boolean", short: "V" },
   };
   for (const s of SETTINGS) options[s.flag] = { type: "string" };
+  // A true-or-false setting given bare (`--auth-required`) means true.
+  const switches = new Set(SETTINGS.filter((s) => s.parse === bool).map((s) => "--" + s.flag));
+  const args: string[] = [];
+  source.args.forEach((a, i) => {
+    args.push(a);
+    const next = source.args[i + 1];
+    if (switches.has(a) && (next === undefined || next.startsWith("--"))) args.push("true");
+  });
   let values: Record<string, string | boolean | undefined>;
   try {
-    values = parseArgs({ args: source.args, options, strict: true, allowPositionals: false })
+    values = parseArgs({ args, options, strict: true, allowPositionals: false })
       .values as Record<string, string | boolean | undefined>;
   } catch (e) {
     throw new ConfigError((e as Error).message.split("\n")[0]);
@@ -483,9 +825,20 @@ function group(f: Flat, source: ConfigSource): Config {
       );
     }
   }
+  if (f.trustProxyHeader !== "" && f.trustedProxies.length === 0) {
+    throw new ConfigError(
+      "invalid TRUSTED_PROXIES (--trusted-proxies): --trust-proxy-header needs the proxies' addresses",
+    );
+  }
+  if (f.path !== "" && f.path === peerjsWsPath(f.peerjsPath)) {
+    throw new ConfigError(
+      `invalid PEERJS_PATH (--peerjs-path): its socket ${f.path} is already --path`,
+    );
+  }
   if (secrets.length > 0 && f.turnUrls.length === 0) {
     throw new ConfigError("invalid TURN_URLS (--turn-urls): a TURN secret needs TURN URLs");
   }
+  const auth = authSettings(f, source);
   return {
     port: f.port,
     host: f.host,
@@ -507,6 +860,22 @@ function group(f: Flat, source: ConfigSource): Config {
       maxTopicsPerConnection: f.yjsMaxTopics,
       maxSubscribersPerTopic: f.yjsMaxSubscribers,
     },
+    peerjs: {
+      keys: f.peerjsKeys,
+      path: f.peerjsPath,
+      expireTimeout: f.peerjsExpireTimeout,
+      aliveTimeout: f.peerjsAliveTimeout,
+      allowDiscovery: f.peerjsAllowDiscovery,
+      concurrentLimit: f.peerjsConcurrentLimit,
+      queuePerId: f.peerjsQueuePerId,
+      queueBytes: f.peerjsQueueBytes,
+    },
+    transport: f.transport,
+    maxConnections: f.maxConnections,
+    maxConnectionsPerAddress: f.maxConnectionsPerAddress,
+    trustProxyHeader: f.trustProxyHeader,
+    trustedProxies: f.trustedProxies,
+    headerTimeout: f.headerTimeout,
     maxBufferedBytes: f.maxBufferedBytes,
     idleTimeout: f.idleTimeout,
     allowedOrigins: f.allowedOrigins,
@@ -520,6 +889,52 @@ function group(f: Flat, source: ConfigSource): Config {
     turnTtl: f.turnTtl,
     redisUrl: f.redisUrl,
     shutdownTimeout: f.shutdownTimeout,
+    auth,
+    metricsToken: f.metricsToken,
+  };
+}
+
+/** Reads the token key files and checks that what needs a token has keys to verify it with. */
+function authSettings(f: Flat, source: ConfigSource): AuthSettings {
+  const read = (flag: string, env: string, path: string): string => {
+    try {
+      return source.readTextFile(path);
+    } catch (e) {
+      throw new ConfigError(
+        `invalid ${env} (--${flag}): cannot read ${path}: ${(e as Error).message.split("\n")[0]}`,
+      );
+    }
+  };
+  let secrets = f.jwtSecrets;
+  if (f.jwtSecretFile !== "") {
+    const lines = read("jwt-secret-file", "JWT_SECRET_FILE", f.jwtSecretFile).split("\n")
+      .map((l) => l.trim()).filter((l) => l !== "");
+    secrets = [...lines, ...secrets];
+  }
+  for (const sct of secrets) {
+    // Shorter HS256 keys are guessable offline from any token.
+    if (new TextEncoder().encode(sct).length < 32) {
+      throw new ConfigError("invalid JWT_SECRETS (--jwt-secrets): a secret needs 32 bytes or more");
+    }
+  }
+  const publicKeys = f.jwtPublicKeys.map((p) => read("jwt-public-keys", "JWT_PUBLIC_KEYS", p));
+  const keyed = secrets.length > 0 || publicKeys.length > 0 || f.jwksUrl !== "";
+  if ((f.authRequired || f.authRooms.length > 0) && !keyed) {
+    throw new ConfigError(
+      "invalid AUTH_REQUIRED/AUTH_ROOMS (--auth-required/--auth-rooms): tokens need a key: " +
+        "set --jwt-secrets, --jwt-public-keys or --jwks-url",
+    );
+  }
+  return {
+    secrets,
+    publicKeys,
+    jwksUrl: f.jwksUrl,
+    audience: f.jwtAudience,
+    issuer: f.jwtIssuer,
+    clockSkew: f.jwtClockSkew,
+    required: f.authRequired,
+    rooms: f.authRooms,
+    proofRooms: f.proofRooms,
   };
 }
 

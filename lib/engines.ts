@@ -6,13 +6,22 @@
  * @module
  */
 
-import type { Directory } from "./diva/broker.ts";
+import type { TokenVerifier } from "./auth/jwt.ts";
+import { matcher } from "./auth/patterns.ts";
+import type { PresentedToken } from "./auth/request.ts";
+import type { AuthRules, Directory } from "./diva/broker.ts";
 import type { Config } from "./config.ts";
 import { type DivaEngine, divaEngine } from "./diva/engine.ts";
 import { logger } from "./log.ts";
+import { type PeerjsEngine, peerjsEngine } from "./peerjs/engine.ts";
 import type { Engine, Link, Mount } from "./transport/engine.ts";
 import { iceServers } from "./ice/turn.ts";
-import { YWEBRTC_PATH, type YWebrtcEngine, ywebrtcEngine } from "./ywebrtc/engine.ts";
+import {
+  YWEBRTC_PATH,
+  type YWebrtcEngine,
+  ywebrtcEngine,
+  type YWebrtcOptions,
+} from "./ywebrtc/engine.ts";
 
 /** The engines a server runs, and where they are mounted. */
 export interface Engines {
@@ -20,6 +29,8 @@ export interface Engines {
   readonly diva: DivaEngine;
   /** The y-webrtc (Yjs) engine. */
   readonly ywebrtc: YWebrtcEngine;
+  /** The PeerJS engine. */
+  readonly peerjs: PeerjsEngine;
   /** Every engine, each once, with the path its clients are told to use. */
   readonly all: readonly { readonly engine: Engine; readonly path: string }[];
   /** Paths that upgrade, with the engines that share each. */
@@ -30,21 +41,64 @@ export interface Engines {
 export interface EngineDeps {
   /** The cluster directory, in cluster mode. */
   directory?: Directory<Link>;
+  /** The bus y-webrtc publishes fan out on, in cluster mode (else one in memory). */
+  ywebrtcBus?: YWebrtcOptions["bus"];
+  /** Verifies tokens (once its keys are imported), when keys are configured. */
+  verifier?: Promise<TokenVerifier>;
+}
+
+/** A PeerJS upgrade's bearer token: its `key`, when that has the shape of a JWT. */
+function peerjsBearer(_req: Request, url: URL): PresentedToken | undefined {
+  const key = url.searchParams.get("key") ?? "";
+  return /^[\w-]+\.[\w-]+\.[\w-]+$/.test(key) ? { token: key } : undefined;
 }
 
 /** Builds every engine from `config` and mounts it. */
 export function buildEngines(config: Config, deps: EngineDeps = {}): Engines {
+  const a = config.auth;
+  const rules: AuthRules = {
+    protectedRoom: matcher(a.rooms),
+    proofRoom: matcher(a.proofRooms),
+    grants: deps.verifier !== undefined,
+  };
   const diva = divaEngine({
+    auth: rules,
+    verifier: deps.verifier,
+    clockSkew: a.clockSkew,
     limits: config.limits,
-    iceServers: (ident) => iceServers(config, ident, Date.now() / 1000),
+    iceServers: (user, turn) => iceServers(config, user, Date.now() / 1000, turn),
+    iceTtl: config.turnTtl,
     directory: deps.directory,
     log: logger("diva"),
   });
   const l = config.limits;
   const ywebrtc = ywebrtcEngine({
+    // Topics are y-webrtc's rooms: --auth-rooms protects them the same way.
+    protectedTopic: rules.protectedRoom,
+    bus: deps.ywebrtcBus,
     // Shaping and queue bounds are shared with DIVA (--rate 0 turns both off).
     limits: {
       ...config.ywebrtc,
+      maxFrameBytes: l.maxFrameBytes,
+      rate: l.rate,
+      burst: l.burst,
+      maxQueuedFrames: l.maxQueuedFrames,
+      maxQueuedBytes: l.maxQueuedBytes,
+    },
+  });
+  const p = config.peerjs;
+  const peerjs = peerjsEngine({
+    keys: p.keys,
+    path: p.path,
+    allowDiscovery: p.allowDiscovery,
+    corsOrigins: config.allowedOrigins,
+    // Shaping and its queue bounds are shared with DIVA (--rate 0 turns them off).
+    limits: {
+      concurrentLimit: p.concurrentLimit,
+      expireTimeout: p.expireTimeout,
+      aliveTimeout: p.aliveTimeout,
+      maxOfflinePerId: p.queuePerId,
+      maxOfflineBytes: p.queueBytes,
       maxFrameBytes: l.maxFrameBytes,
       rate: l.rate,
       burst: l.burst,
@@ -63,10 +117,19 @@ export function buildEngines(config: Config, deps: EngineDeps = {}): Engines {
   mount("/", diva, ywebrtc);
   if (config.path !== "") mount(config.path, diva);
   mount(YWEBRTC_PATH, ywebrtc);
+  // PeerJS's client waits for OPEN before it says anything: a path of its own.
+  mount(peerjs.wsPath, peerjs);
+  // PeerJS's own `token` is a session token; a bearer token (a JWT) rides in `key`.
+  mounts.set(peerjs.wsPath, { ...mounts.get(peerjs.wsPath)!, token: peerjsBearer });
   return {
     diva,
     ywebrtc,
-    all: [{ engine: diva, path: config.path || "/" }, { engine: ywebrtc, path: YWEBRTC_PATH }],
+    peerjs,
+    all: [
+      { engine: diva, path: config.path || "/" },
+      { engine: ywebrtc, path: YWEBRTC_PATH },
+      { engine: peerjs, path: peerjs.wsPath },
+    ],
     mounts,
   };
 }

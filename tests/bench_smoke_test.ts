@@ -1,9 +1,9 @@
 /**
  * Keeps the load benchmark from rotting: runs every workload with tiny sizes
- * against the real server and the bare relay (and, for the cluster workload,
- * a real redis-server with two server instances), and checks that each JSON
- * line has its fields with sane values. No timing assertions: the numbers
- * depend on the machine.
+ * against the real server and the bare relay (for the y-webrtc relay, y-webrtc's
+ * own server under Node; for the cluster workload, a real redis-server with
+ * two server instances), and checks that each JSON line has its fields with
+ * sane values. No timing assertions: the numbers depend on the machine.
  */
 
 import assert from "node:assert/strict";
@@ -15,6 +15,15 @@ const REDIS_MISSING = (() => {
   try {
     new Deno.Command("redis-server", { args: ["--version"], stdout: "null" }).outputSync();
     return false;
+  } catch {
+    return true;
+  }
+})();
+const NODE_MISSING = (() => {
+  try {
+    // Deno answers for a `node` that is not installed: only a real Node says `v<major>.`.
+    const out = new Deno.Command("node", { args: ["--version"], stdout: "piped" }).outputSync();
+    return !out.success || !/^v\d+\./.test(new TextDecoder().decode(out.stdout));
   } catch {
     return true;
   }
@@ -39,11 +48,12 @@ function obj(line: Line, key: string): Line {
   return v as Line;
 }
 
-Deno.test("bench --quick: every workload prints sane JSON lines for server and bound", async () => {
+Deno.test("bench --quick: every workload prints sane JSON lines for every target", async () => {
   assert.ok(
     !(REDIS_MISSING && CI),
     "redis-server is not installed, and CI must run the cluster bench",
   );
+  assert.ok(!(NODE_MISSING && CI), "node is not installed, and CI must run the y-webrtc reference");
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "--quick"],
     stdin: "null",
@@ -123,6 +133,56 @@ Deno.test("bench --quick: every workload prints sane JSON lines for server and b
     num(l, "bytes_per_conn"); // may be negative with 20 clients: only its presence is checked
     assert.ok(num(l, "gen_rss_bytes") > 0);
     assert.equal(l.errors, 0);
+  }
+
+  // y-webrtc relay: the reference server first, then the project (shaping off, then defaults).
+  const ys = pick("ywebrtc");
+  const skipped = ys.find((l) => l.skipped !== undefined);
+  if (skipped !== undefined) {
+    // Only where Node (or the package) cannot run, and never in CI: the reason is reported.
+    assert.ok(!CI, `CI must run the y-webrtc reference server: ${skipped.skipped}`);
+    assert.equal(skipped.target, "reference");
+    assert.match(String(skipped.skipped), /node|y-webrtc/);
+    console.warn(`y-webrtc reference skipped here: ${skipped.skipped}`);
+  }
+  const yruns = ys.filter((l) => l.skipped === undefined);
+  assert.deepEqual(
+    yruns.map((l) => l.target),
+    skipped === undefined ? ["reference", "server", "defaults"] : ["server", "defaults"],
+    stderr,
+  );
+  for (const l of yruns) {
+    assert.equal(l.pairs, 2, "--quick: 2 y-webrtc pairs");
+    assert.equal(l.window, 2);
+    assert.ok(num(l, "delivered") > 0, `${l.target}: publishes were delivered`);
+    assert.ok(num(l, "msgs_per_s") > 0);
+    const lat = obj(l, "latency_ms");
+    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
+    assert.ok(num(lat, "p99") <= num(lat, "max"));
+    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
+    const f = num(l, "fairness");
+    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+    assert.equal(l.out_of_order, 0, `${l.target}: each pair's publishes arrive in order`);
+    assert.equal(l.errors, 0, `${l.target}: no error frames`);
+    assert.equal(l.lost, 0, `${l.target}: every publish reached the partner`);
+    assert.equal(l.lost_echoes, 0, `${l.target}: every publish was echoed to its sender`);
+    assert.ok(num(l, "drain_ms") >= 0);
+    assert.ok(num(l, "server_cpu") >= 0);
+    assert.ok(num(l, "server_cpu_us_per_msg") >= 0);
+    assert.ok(num(l, "server_rss_bytes") > 0);
+  }
+  if (skipped === undefined) {
+    const [ref] = pick("ywebrtc", "reference");
+    const info = obj(ref, "reference");
+    assert.match(String(info.server), /^y-webrtc@10\.3\.0 bin\/server\.js$/);
+    assert.match(String(info.node), /^v\d+\./);
+    assert.ok(["deno-cache", "npm-install"].includes(String(info.layout)));
+    for (const l of [...pick("ywebrtc", "server"), ...pick("ywebrtc", "defaults")]) {
+      const v = obj(l, "vs_reference");
+      assert.ok(num(v, "msgs_per_s") > 0, "the project's throughput as a ratio of the reference");
+      assert.ok(num(v, "server_cpu_us_per_msg") > 0);
+      assert.ok(num(v, "latency_p50") > 0);
+    }
   }
 
   // Cluster: two instances on one real Redis; the relay across them, then within one.

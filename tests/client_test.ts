@@ -1,12 +1,15 @@
 /**
  * The client library (`lib/client/client.js`, served at `/client.js`) under
- * Deno against a real server: requests, events, errors, clean close, and
- * reconnects that join the rooms again.
+ * Deno against a real server: requests, events, errors, clean close,
+ * reconnects that join the rooms again, tokens (fixed or fetched, refreshed
+ * before expiry, fresh on every reconnect) and key idents proven by the
+ * client itself.
  */
 
 import assert from "node:assert/strict";
-import { SignalClient, SignalError } from "../lib/client/client.js";
+import { keyIdentOf, SignalClient, SignalError, tokenClaims } from "../lib/client/client.js";
 import { CLIENT_JS } from "../lib/http/assets.ts";
+import { hs256, newSecret, nowSeconds } from "./helpers/auth_harness.ts";
 import { startTestServer, type TestServer } from "./helpers/browser.ts";
 
 /** Bound on any single wait, in ms. */
@@ -269,6 +272,228 @@ Deno.test("close() while still connecting settles and leaves nothing behind", as
     assert.equal(c.state, "closed");
     assert.equal(server.server.broker.idents, 0);
   } finally {
+    await server.stop();
+  }
+});
+
+// --- tokens and key idents ------------------------------------------------
+
+/** An HS256 secret and a token minted with it, as an application backend would. */
+function issuer(secret = newSecret()) {
+  return {
+    secret,
+    token: (claims: Record<string, unknown>, sub: string, exp = nowSeconds() + 3600) =>
+      hs256(secret, claims, { sub, exp }),
+  };
+}
+
+Deno.test("token: a string goes in the jwt subprotocol (or the query, or an auth frame) and opens protected rooms", async () => {
+  const iss = issuer();
+  const server = await startTestServer(["--jwt-secrets", iss.secret, "--auth-rooms", "team-*"]);
+  const token = await iss.token({ rooms: ["team-*"] }, "u1");
+  const anon = connect(server);
+  const clients = [anon];
+  try {
+    await assert.rejects(anon.join("team-a", "anon"), (e: unknown) => {
+      assert.ok(e instanceof SignalError);
+      return e.code === "forbidden";
+    });
+    for (const tokenIn of [undefined, "protocol", "query", "auth"] as const) {
+      const c = connect(server, { token, tokenIn });
+      clients.push(c);
+      const auth = tokenIn === "auth" ? c.once("auth", undefined, T) : undefined;
+      const ident = `u-${tokenIn ?? "default"}`;
+      assert.equal(await c.join("team-a", ident), `team-a:${ident}`);
+      if (auth) assert.deepEqual((await auth).sub, "u1");
+      // The expiry is known either way: decoded from the token, or from the reply.
+      assert.equal(c.tokenExpiry, tokenClaims(token)!.exp);
+    }
+    // A token is a subprotocol: the server answered jwt (a browser insists).
+    const seen: string[] = [];
+    class Spy extends WebSocket {
+      constructor(url: string | URL, protocols?: string | string[] | WebSocketOptions) {
+        super(url, protocols);
+        seen.push(String(url), JSON.stringify(protocols));
+        this.addEventListener("open", () => seen.push(this.protocol));
+      }
+    }
+    const spy = connect(server, { token, WebSocket: Spy });
+    clients.push(spy);
+    await spy.opened();
+    assert.deepEqual(seen, [server.wsUrl, JSON.stringify(["jwt", token]), "jwt"]);
+    // A manual auth call hands over another token at once.
+    assert.deepEqual(await spy.auth(await iss.token({ rooms: ["team-*"] }, "u1", 2_000_000_000)), {
+      sub: "u1",
+      exp: 2_000_000_000,
+    });
+    assert.equal(spy.tokenExpiry, 2_000_000_000);
+
+    // A token function whose tokens last years is not called again and again
+    // (a timer longer than 24.8 days would fire at once).
+    let calls = 0;
+    const longLived = connect(server, {
+      token: () => (calls++, iss.token({ rooms: ["team-*"] }, "u2", 2_000_000_000)),
+    });
+    clients.push(longLived);
+    await longLived.opened();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(calls, 1);
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await server.stop();
+  }
+});
+
+Deno.test("token: a function is refreshed before expiry and the socket outlives the first token; a fixed one ends", async () => {
+  const iss = issuer();
+  const server = await startTestServer([
+    "--jwt-secrets",
+    iss.secret,
+    "--jwt-clock-skew",
+    "0",
+    "--auth-rooms",
+    "team-*",
+  ]);
+  // Every token lives 2 s (1–2 s from when it is minted, in whole seconds).
+  let calls = 0;
+  const fresh = () => {
+    calls++;
+    return iss.token({ rooms: ["team-*"] }, "renewing", nowSeconds() + 2);
+  };
+  const renewing = connect(server, { token: fresh });
+  const fixed = connect(server, {
+    token: await iss.token({ rooms: ["team-*"] }, "fixed", nowSeconds() + 2),
+  });
+  const closes: unknown[] = [];
+  renewing.on("close", (e) => closes.push(e));
+  try {
+    assert.equal(await renewing.join("team-a", "r"), "team-a:r");
+    assert.equal(await fixed.join("team-a", "f"), "team-a:f");
+    const firstExp = renewing.tokenExpiry!;
+    assert.equal(typeof firstExp, "number");
+
+    // The fixed token runs out: the server says why and closes; the client stops.
+    const fixedErr = fixed.once("error", undefined, 3 * T);
+    const fixedClose = await fixed.once("close", undefined, 3 * T);
+    assert.deepEqual(await fixedErr, {
+      call: "auth",
+      code: "forbidden",
+      detail: "the token expired; send a fresh one with auth",
+    });
+    assert.deepEqual(fixedClose, {
+      code: 1008,
+      reason: "token expired",
+      reconnecting: false,
+      delay: 0,
+    });
+    assert.equal(fixed.state, "closed");
+
+    // Meanwhile the function's tokens were sent ahead of each expiry; by now
+    // the first one has expired, and the socket is the same open one.
+    while (Date.now() < firstExp * 1000 + 100) {
+      const a = await renewing.once("auth", undefined, 3 * T);
+      assert.equal(a.sub, "renewing");
+      assert.ok(a.exp! >= firstExp);
+    }
+    assert.ok(calls >= 2, `${calls} calls`);
+    assert.deepEqual(closes, []);
+    assert.equal(renewing.state, "open");
+    await renewing.ping();
+    assert.deepEqual(renewing.joined, ["team-a:r"]);
+    assert.equal(server.server.broker.idents, 1);
+  } finally {
+    await Promise.all([renewing.close(), fixed.close()]);
+    await server.stop();
+  }
+});
+
+Deno.test("token: every reconnect asks the function for a fresh token and re-joins with it", async () => {
+  const iss = issuer();
+  const server = await startTestServer([
+    "--jwt-secrets",
+    iss.secret,
+    "--auth-rooms",
+    "team-*",
+    "--max-frame-bytes",
+    "1024",
+    "--turn-secret",
+    "turn-secret-for-the-test",
+    "--turn-urls",
+    "turn:127.0.0.1:3478",
+  ]);
+  let calls = 0;
+  const failures: string[] = [];
+  const c = connect(server, {
+    reconnect: { initialDelay: 10, maxDelay: 50 },
+    token: () => {
+      calls++;
+      // The second attempt fails (the backend is down): the client retries.
+      if (calls === 2) return Promise.reject(new Error("backend unavailable"));
+      return iss.token({ rooms: ["team-*"], turn: true }, `conn-${calls}`);
+    },
+  });
+  c.on("error", (e) => failures.push(`${e.call}:${e.code}`));
+  try {
+    assert.equal(await c.join("team-a", "alice"), "team-a:alice");
+    // The TURN user names the subject of the token this connection presented.
+    const first = await c.ice();
+    assert.match(first[0].username!, /:conn-1\/team-a:alice$/);
+
+    const rejoined = c.once("join", undefined, 10 * T);
+    c.signal("team-a:alice", "team-a:alice", "x".repeat(2000)); // too large: the server drops us
+    assert.equal((await rejoined).global, "team-a:alice");
+    const again = await c.ice();
+    assert.match(again[0].username!, /:conn-3\/team-a:alice$/);
+    assert.equal(calls, 3);
+    assert.deepEqual(failures, ["frame:too-large", "auth:no-token"]);
+  } finally {
+    await c.close();
+    await server.stop();
+  }
+});
+
+Deno.test("keys: the client makes or takes an Ed25519 key and proves its key ident before joining, after reconnects too", async () => {
+  const server = await startTestServer(["--proof-rooms", "keyed-*", "--max-frame-bytes", "1024"]);
+  const pair = await SignalClient.generateKeyPair();
+  const owner = connect(server, { keyPair: pair, reconnect: { initialDelay: 10, maxDelay: 50 } });
+  const made = connect(server, { keyPair: true });
+  const squatter = connect(server);
+  try {
+    await owner.opened();
+    const ident = owner.keyIdent!;
+    assert.match(ident, /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(ident, await keyIdentOf(pair.publicKey));
+    assert.equal(ident, await SignalClient.keyIdentOf(pair.publicKey));
+    await made.opened();
+    assert.notEqual(made.keyIdent, ident);
+
+    // Without the key the ident is refused in a proof room.
+    await assert.rejects(squatter.join("keyed-room", ident), (e: unknown) => {
+      assert.ok(e instanceof SignalError);
+      return e.code === "forbidden";
+    });
+    const proofs: string[] = [];
+    owner.on("prove", (e) => proofs.push(e.ident));
+    assert.equal(await owner.join("keyed-room", ident), `keyed-room:${ident}`);
+    assert.equal(await owner.join("keyed-other", ident), `keyed-other:${ident}`);
+    assert.deepEqual(proofs, [ident], "one proof per connection");
+    assert.equal(await made.join("keyed-room", made.keyIdent), `keyed-room:${made.keyIdent}`);
+
+    // Dropped by the server: the new connection proves again before re-joining.
+    const back = new Promise<void>((resolve) => {
+      let n = 0;
+      owner.on("join", () => ++n === 2 && resolve());
+    });
+    owner.signal(`keyed-room:${ident}`, `keyed-room:${ident}`, "x".repeat(2000));
+    await back;
+    assert.deepEqual(proofs, [ident, ident]);
+    assert.deepEqual(owner.joined.sort(), [`keyed-other:${ident}`, `keyed-room:${ident}`]);
+    assert.equal(server.server.broker.idents, 3);
+    // Joining with any other ident needs no proof.
+    assert.equal(await owner.join("lobby", "plain"), "lobby:plain");
+    assert.equal(proofs.length, 2);
+  } finally {
+    await Promise.all([owner.close(), made.close(), squatter.close()]);
     await server.stop();
   }
 });

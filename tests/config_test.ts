@@ -33,6 +33,20 @@ const SETTINGS: [flag: string, env: string, shownDefault: string | null][] = [
   ["max-queued-bytes", "MAX_QUEUED_BYTES", "1048576"],
   ["yjs-max-topics", "YJS_MAX_TOPICS", "64"],
   ["yjs-max-subscribers", "YJS_MAX_SUBSCRIBERS", "256"],
+  ["peerjs-keys", "PEERJS_KEYS", "peerjs"],
+  ["peerjs-path", "PEERJS_PATH", "/"],
+  ["peerjs-expire-timeout", "PEERJS_EXPIRE_TIMEOUT", "5000"],
+  ["peerjs-alive-timeout", "PEERJS_ALIVE_TIMEOUT", "90000"],
+  ["peerjs-allow-discovery", "PEERJS_ALLOW_DISCOVERY", "false"],
+  ["peerjs-concurrent-limit", "PEERJS_CONCURRENT_LIMIT", "5000"],
+  ["peerjs-queue-per-id", "PEERJS_QUEUE_PER_ID", "64"],
+  ["peerjs-queue-bytes", "PEERJS_QUEUE_BYTES", "8388608"],
+  ["transport", "TRANSPORT", "own"],
+  ["max-connections", "MAX_CONNECTIONS", "10000"],
+  ["max-connections-per-address", "MAX_CONNECTIONS_PER_ADDRESS", "256"],
+  ["trust-proxy-header", "TRUST_PROXY_HEADER", null],
+  ["trusted-proxies", "TRUSTED_PROXIES", null],
+  ["header-timeout", "HEADER_TIMEOUT", "5"],
   ["max-buffered-bytes", "MAX_BUFFERED_BYTES", "1048576"],
   ["idle-timeout", "IDLE_TIMEOUT", "30"],
   ["allowed-origins", "ALLOWED_ORIGINS", null],
@@ -47,6 +61,17 @@ const SETTINGS: [flag: string, env: string, shownDefault: string | null][] = [
   ["turn-ttl", "TURN_TTL", "3600"],
   ["redis-url", "REDIS_URL", null],
   ["shutdown-timeout", "SHUTDOWN_TIMEOUT", "5"],
+  ["jwt-secrets", "JWT_SECRETS", null],
+  ["jwt-secret-file", "JWT_SECRET_FILE", null],
+  ["jwt-public-keys", "JWT_PUBLIC_KEYS", null],
+  ["jwks-url", "JWKS_URL", null],
+  ["jwt-audience", "JWT_AUDIENCE", null],
+  ["jwt-issuer", "JWT_ISSUER", null],
+  ["jwt-clock-skew", "JWT_CLOCK_SKEW", "30"],
+  ["auth-required", "AUTH_REQUIRED", "false"],
+  ["auth-rooms", "AUTH_ROOMS", null],
+  ["proof-rooms", "PROOF_ROOMS", null],
+  ["metrics-token", "METRICS_TOKEN", null],
 ];
 
 function noFile(path: string): string {
@@ -94,6 +119,22 @@ Deno.test("defaults: no flags and no environment", () => {
     path: "",
     limits: { ...DEFAULT_LIMITS },
     ywebrtc: { maxTopicsPerConnection: 64, maxSubscribersPerTopic: 256 },
+    peerjs: {
+      keys: ["peerjs"],
+      path: "/",
+      expireTimeout: 5000,
+      aliveTimeout: 90_000,
+      allowDiscovery: false,
+      concurrentLimit: 5000,
+      queuePerId: 64,
+      queueBytes: 8 * 1024 * 1024,
+    },
+    transport: "own",
+    maxConnections: 10000,
+    maxConnectionsPerAddress: 256,
+    trustProxyHeader: "",
+    trustedProxies: [],
+    headerTimeout: 5,
     maxBufferedBytes: 1024 * 1024,
     idleTimeout: 30,
     allowedOrigins: [],
@@ -107,6 +148,18 @@ Deno.test("defaults: no flags and no environment", () => {
     turnTtl: 3600,
     redisUrl: "",
     shutdownTimeout: 5,
+    auth: {
+      secrets: [],
+      publicKeys: [],
+      jwksUrl: "",
+      audience: "",
+      issuer: "",
+      clockSkew: 30,
+      required: false,
+      rooms: [],
+      proofRooms: [],
+    },
+    metricsToken: "",
   });
 });
 
@@ -124,10 +177,37 @@ Deno.test("every setting is read from its flag and from its variable", () => {
     "burst-per-pair": ["6", (c) => c.limits.burstPerPair, 6],
     "churn-rate": ["7", (c) => c.limits.churnRate, 7],
     "churn-burst": ["8", (c) => c.limits.churnBurst, 8],
+    "jwt-secrets": [
+      "0123456789abcdef0123456789abcdef,fedcba9876543210fedcba9876543210",
+      (c) => c.auth.secrets.length,
+      2,
+    ],
+    "jwks-url": [
+      "https://id.example/jwks.json",
+      (c) => c.auth.jwksUrl,
+      "https://id.example/jwks.json",
+    ],
+    "jwt-audience": ["signal", (c) => c.auth.audience, "signal"],
+    "jwt-issuer": ["https://id.example", (c) => c.auth.issuer, "https://id.example"],
+    "jwt-clock-skew": ["5", (c) => c.auth.clockSkew, 5],
+    "proof-rooms": ["keyed-*,vault", (c) => c.auth.proofRooms, ["keyed-*", "vault"]],
+    "metrics-token": ["m-token", (c) => c.metricsToken, "m-token"],
     "max-queued-frames": ["10", (c) => c.limits.maxQueuedFrames, 10],
     "max-queued-bytes": ["2048", (c) => c.limits.maxQueuedBytes, 2048],
     "yjs-max-topics": ["11", (c) => c.ywebrtc.maxTopicsPerConnection, 11],
     "yjs-max-subscribers": ["12", (c) => c.ywebrtc.maxSubscribersPerTopic, 12],
+    "peerjs-keys": ["app1, app.2,,", (c) => c.peerjs.keys, ["app1", "app.2"]],
+    "peerjs-path": ["/myapp", (c) => c.peerjs.path, "/myapp/"],
+    "peerjs-expire-timeout": ["250", (c) => c.peerjs.expireTimeout, 250],
+    "peerjs-alive-timeout": ["0", (c) => c.peerjs.aliveTimeout, 0],
+    "peerjs-allow-discovery": ["true", (c) => c.peerjs.allowDiscovery, true],
+    "peerjs-concurrent-limit": ["7", (c) => c.peerjs.concurrentLimit, 7],
+    "peerjs-queue-per-id": ["0", (c) => c.peerjs.queuePerId, 0],
+    "peerjs-queue-bytes": ["1024", (c) => c.peerjs.queueBytes, 1024],
+    transport: ["deno", (c) => c.transport, "deno"],
+    "max-connections": ["100", (c) => c.maxConnections, 100],
+    "max-connections-per-address": ["0", (c) => c.maxConnectionsPerAddress, 0],
+    "header-timeout": ["9", (c) => c.headerTimeout, 9],
     "max-buffered-bytes": ["4096", (c) => c.maxBufferedBytes, 4096],
     "idle-timeout": ["0", (c) => c.idleTimeout, 0],
     "allowed-origins": [
@@ -210,7 +290,28 @@ Deno.test("every validation error names the setting, by flag or by variable", ()
     ["max-queued-frames", "MAX_QUEUED_FRAMES", "0"],
     ["max-queued-bytes", "MAX_QUEUED_BYTES", "1023"],
     ["yjs-max-topics", "YJS_MAX_TOPICS", "0"],
+    ["transport", "TRANSPORT", "node"],
+    ["max-connections", "MAX_CONNECTIONS", "0"],
+    ["max-connections-per-address", "MAX_CONNECTIONS_PER_ADDRESS", "x"],
+    ["jwt-clock-skew", "JWT_CLOCK_SKEW", "601"],
+    ["header-timeout", "HEADER_TIMEOUT", "0"],
+    ["trust-proxy-header", "TRUST_PROXY_HEADER", "x forwarded"],
     ["yjs-max-subscribers", "YJS_MAX_SUBSCRIBERS", "-3"],
+    ["peerjs-keys", "PEERJS_KEYS", ","],
+    ["peerjs-keys", "PEERJS_KEYS", "ok,bad key"],
+    ["peerjs-keys", "PEERJS_KEYS", "a/b"],
+    ["peerjs-keys", "PEERJS_KEYS", "k".repeat(129)],
+    ["peerjs-path", "PEERJS_PATH", "myapp"],
+    ["peerjs-path", "PEERJS_PATH", "/a b/"],
+    ["peerjs-path", "PEERJS_PATH", "//"],
+    ["peerjs-expire-timeout", "PEERJS_EXPIRE_TIMEOUT", "99"],
+    ["peerjs-expire-timeout", "PEERJS_EXPIRE_TIMEOUT", String(3600 * 1000 + 1)],
+    ["peerjs-alive-timeout", "PEERJS_ALIVE_TIMEOUT", "999"],
+    ["peerjs-alive-timeout", "PEERJS_ALIVE_TIMEOUT", "5s"],
+    ["peerjs-allow-discovery", "PEERJS_ALLOW_DISCOVERY", "maybe"],
+    ["peerjs-concurrent-limit", "PEERJS_CONCURRENT_LIMIT", "0"],
+    ["peerjs-queue-per-id", "PEERJS_QUEUE_PER_ID", "-1"],
+    ["peerjs-queue-bytes", "PEERJS_QUEUE_BYTES", "x"],
     ["max-buffered-bytes", "MAX_BUFFERED_BYTES", "1023"],
     ["idle-timeout", "IDLE_TIMEOUT", "3601"],
     ["log-level", "LOG_LEVEL", "verbose"],
@@ -373,4 +474,28 @@ Deno.test("unknown flags, positionals and missing values are ConfigErrors", () =
     assert.ok(msg.length > 0);
   }
   assert.match(configError(["--nope"]), /nope/);
+});
+
+Deno.test("PeerJS: keys, paths, booleans, and a socket path that is not --path", () => {
+  const c = config(["--peerjs-keys", "a,b", "--peerjs-path", "/x/y/"], {
+    PEERJS_ALLOW_DISCOVERY: "ON",
+  });
+  assert.deepEqual(c.peerjs.keys, ["a", "b"]);
+  assert.equal(c.peerjs.path, "/x/y/");
+  assert.equal(c.peerjs.allowDiscovery, true);
+  for (const [text, want] of [["1", true], ["yes", true], ["0", false], ["off", false]] as const) {
+    assert.equal(config(["--peerjs-allow-discovery", text]).peerjs.allowDiscovery, want, text);
+  }
+  assert.equal(config(["--peerjs-path", "/"]).peerjs.path, "/");
+  assert.equal(config(["--peerjs-alive-timeout", "1000"]).peerjs.aliveTimeout, 1000);
+  assert.equal(config(["--peerjs-expire-timeout", "100"]).peerjs.expireTimeout, 100);
+  // The PeerJS socket is <path>peerjs: it may not be DIVA's extra path.
+  for (
+    const args of [["--path", "/peerjs"], ["--path", "/x/peerjs", "--peerjs-path", "/x"]]
+  ) {
+    const msg = configError(args);
+    assert.ok(msg.includes("PEERJS_PATH") && msg.includes("--peerjs-path"), msg);
+    assert.ok(msg.includes("--path"), msg);
+  }
+  assert.equal(config(["--path", "/peerjs", "--peerjs-path", "/other/"]).path, "/peerjs");
 });

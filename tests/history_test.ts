@@ -177,6 +177,7 @@ Deno.test("error kinds: every code of every engine has one", () => {
     "not-subscribed": "refused",
     "topic-limit": "limits",
     "topic-full": "limits",
+    "forbidden": "refused",
     "too-large": "malformed",
     "rate-limited": "limits",
   });

@@ -119,8 +119,18 @@ export interface SignalEvents {
   signal: { local: string; remote: string; data: unknown };
   /** `remote` left the room of our `local`. */
   bye: { local: string; remote: string };
-  /** The server refused a call. */
+  /**
+   * The server refused a call. Besides the protocol's codes, the client
+   * reports `{call: "auth", code: "no-token"}` when the token function
+   * failed, `{call: "auth", code: "bad-token"}` when a token cannot be sent
+   * as a subprotocol, and `{call: "prove", code: "no-key"}` when the key
+   * pair cannot be used.
+   */
   error: { call: string; code: string; detail: string };
+  /** The server accepted a token sent with `["auth", token]`: its subject and expiry (Unix seconds). */
+  auth: { sub: string; exp: number | null };
+  /** The server accepted a proof of `ident` on this connection. */
+  prove: { ident: string };
 }
 
 /** Backoff of reconnect attempts: `min(maxDelay, initialDelay·factorⁿ)`, less up to `jitter` of it. */
@@ -135,8 +145,43 @@ export interface ReconnectOptions {
   jitter?: number;
 }
 
+/**
+ * A bearer token (a JWT from the application's backend), or a function that
+ * gets a fresh one. The function is called before every connection attempt
+ * and again before the token in force expires.
+ */
+export type TokenSource = string | (() => string | Promise<string>);
+
 /** Options of a {@link SignalClient}. */
 export interface SignalClientOptions {
+  /**
+   * The token to present. A function is called for a fresh token on every
+   * (re)connect and `refreshBefore` ms before the token expires, which is
+   * then sent as `["auth", token]` on the open socket. A fixed string is
+   * never refreshed: once the server closes with 1008 "token expired", the
+   * client stops.
+   */
+  token?: TokenSource;
+  /**
+   * Where the token goes when a socket opens: `"protocol"` (default) offers
+   * the subprotocols `["jwt", token]`, which keeps it out of URLs (and so
+   * out of proxy and server access logs); `"query"` adds `?token=` to the
+   * URL; `"auth"` sends `["auth", token]` as the first frame (only for
+   * servers that do not require a token at the upgrade).
+   */
+  tokenIn?: "protocol" | "query" | "auth";
+  /**
+   * Milliseconds before expiry at which a fresh token is sent (default
+   * 60000; never more than half the time the token has left).
+   */
+  refreshBefore?: number;
+  /**
+   * An Ed25519 key pair whose public key is this client's key ident, or
+   * `true` to make one. Joining with {@link SignalClient.keyIdent} proves it
+   * first (`["challenge"]`, `["prove", ident, signature]`), on every new
+   * connection.
+   */
+  keyPair?: CryptoKeyPair | true;
   /** `false` to never reconnect; else the backoff. */
   reconnect?: ReconnectOptions | false;
   /** Milliseconds a request waits for its reply (default 10000). */
@@ -160,12 +205,36 @@ export declare class SignalClient extends Emitter<SignalEvents> {
   readonly state: "connecting" | "open" | "reconnecting" | "closed";
   /** The global idents held, in join order. */
   readonly joined: string[];
+  /**
+   * The key ident (43 base64url characters of the Ed25519 public key), when
+   * a key pair was given or made; known once {@link SignalClient.opened}
+   * resolves.
+   */
+  readonly keyIdent: string | undefined;
+  /** Unix seconds at which the token in force expires, when known. */
+  readonly tokenExpiry: number | undefined;
+  /** Makes an Ed25519 key pair for a key ident (private key not extractable). */
+  static generateKeyPair(): Promise<CryptoKeyPair>;
+  /** The key ident of an Ed25519 public key. */
+  static keyIdentOf(publicKey: CryptoKey): Promise<string>;
   /** Resolves once the socket is open. */
   opened(): Promise<void>;
   /** Asks the server for a fresh ident. */
   ident(): Promise<string>;
-  /** Joins `room` as `ident` (a fresh one if omitted); resolves with `room:ident`. */
+  /**
+   * Joins `room` as `ident` (a fresh one if omitted); resolves with
+   * `room:ident`. Joining as {@link SignalClient.keyIdent} proves it first.
+   */
   join(room: string, ident?: string): Promise<string>;
+  /**
+   * Sends `["auth", token]` on the open socket (`token`, or a fresh one
+   * from the token function); resolves with the subject and expiry the
+   * server read. The client refreshes by itself; this hands over a new
+   * grant at once.
+   */
+  auth(token?: string): Promise<{ sub: string; exp: number | null }>;
+  /** Proves the key ident on the current connection (`join` does it by itself). */
+  prove(): Promise<void>;
   /** Leaves the room of the global ident `global`. */
   leave(global: string): Promise<void>;
   /** Relays `data` from our `from` to the peer `to`; false when not connected. */
@@ -238,3 +307,22 @@ export declare class Mesh extends Emitter<MeshEvents> {
   /** Closes every peer connection and detaches from the client. */
   close(): void;
 }
+
+/** The claims of a JWT, decoded without verifying it, or undefined when it is not one. */
+export declare function tokenClaims(token: string): Record<string, unknown> | undefined;
+
+/** Makes an Ed25519 key pair for a key ident (public key exportable, private key not). */
+export declare function generateKeyPair(): Promise<CryptoKeyPair>;
+
+/** The key ident of an Ed25519 public key: its raw bytes in unpadded base64url (43 characters). */
+export declare function keyIdentOf(publicKey: CryptoKey): Promise<string>;
+
+/**
+ * The base64url signature that proves `ident` for `challenge`: Ed25519 over
+ * `"diva-ident-proof\n" + challenge + "\n" + ident`.
+ */
+export declare function signProof(
+  privateKey: CryptoKey,
+  challenge: string,
+  ident: string,
+): Promise<string>;

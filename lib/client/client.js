@@ -5,7 +5,9 @@
  * - {@link SignalClient}: one WebSocket to the signal server; requests
  *   (`ident`, `join`, `leave`, `ice`, `ping`) as promises, server messages as
  *   typed events; reconnects with exponential backoff and jitter after a drop
- *   and joins its rooms again.
+ *   and joins its rooms again. With `token` it presents a bearer token (JWT)
+ *   and refreshes it before it expires; with `keyPair` it proves its key
+ *   ident (an Ed25519 public key) before joining with it.
  * - {@link Mesh}: one `RTCPeerConnection` with a data channel per peer of a
  *   room, negotiated through the signal server. Its signal payloads use
  *   simple-peer's format (`{type:"offer"|"answer", sdp}`,
@@ -19,7 +21,84 @@
  */
 
 /** Calls whose replies settle a promise. */
-const REQUEST_KINDS = ["ident", "join", "leave", "ice", "ping"];
+const REQUEST_KINDS = ["ident", "join", "leave", "ice", "ping", "auth", "challenge", "prove"];
+
+/** The subprotocol that carries a token in the entry after it. */
+const TOKEN_PROTOCOL = "jwt";
+
+/** What a signed ident proof starts with (see docs/security.md). */
+const PROOF_CONTEXT = "diva-ident-proof";
+
+/** Refreshes are never closer together than this, in ms. */
+const MIN_REFRESH_MS = 250;
+
+/** The longest delay a timer takes (about 24.8 days); a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Unpadded base64url of `bytes`.
+ * @param {Uint8Array} bytes
+ */
+function base64url(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+  return btoa(s).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/**
+ * The claims of a JWT, decoded without verifying it (the server verifies;
+ * the client only wants `exp` to know when to refresh), or undefined.
+ * @param {string} token
+ * @returns {Record<string, unknown> | undefined}
+ */
+export function tokenClaims(token) {
+  const part = String(token).split(".")[1];
+  if (part === undefined || !/^[A-Za-z0-9_-]*$/.test(part)) return undefined;
+  try {
+    const b64 = part.replaceAll("-", "+").replaceAll("_", "/");
+    const bin = atob(b64 + "===".slice((b64.length + 3) % 4));
+    const json = new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0)));
+    const claims = JSON.parse(json);
+    return claims !== null && typeof claims === "object" && !Array.isArray(claims)
+      ? claims
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Makes an Ed25519 key pair for a key ident: the public key exportable
+ * (it is the ident), the private key not (it can still be kept in
+ * IndexedDB, which stores `CryptoKey`s as they are).
+ * @returns {Promise<CryptoKeyPair>}
+ */
+export async function generateKeyPair() {
+  return /** @type {CryptoKeyPair} */ (
+    await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"])
+  );
+}
+
+/**
+ * The key ident of an Ed25519 public key: its 32 raw bytes in unpadded
+ * base64url (43 characters).
+ * @param {CryptoKey} publicKey
+ */
+export async function keyIdentOf(publicKey) {
+  return base64url(new Uint8Array(await crypto.subtle.exportKey("raw", publicKey)));
+}
+
+/**
+ * The signature (base64url) that proves `ident` for `challenge` with its
+ * private key.
+ * @param {CryptoKey} privateKey
+ * @param {string} challenge
+ * @param {string} ident
+ */
+export async function signProof(privateKey, challenge, ident) {
+  const message = new TextEncoder().encode(`${PROOF_CONTEXT}\n${challenge}\n${ident}`);
+  return base64url(new Uint8Array(await crypto.subtle.sign("Ed25519", privateKey, message)));
+}
 
 /**
  * Reports an exception thrown by an event listener without breaking the
@@ -167,6 +246,30 @@ export class SignalClient extends Emitter {
   #closing;
   /** @type {(() => void) | undefined} */
   #closed;
+  /** The token, or what makes a fresh one. @type {string | (() => string | Promise<string>) | undefined} */
+  #token;
+  /** Where the token goes. @type {"protocol" | "query" | "auth"} */
+  #tokenIn;
+  /** @type {number} */
+  #refreshBefore;
+  /** The token this socket was opened with (for `tokenIn: "auth"`). @type {string | undefined} */
+  #current;
+  /** Unix seconds the token in force expires at, if known. @type {number | undefined} */
+  #exp;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  #refreshTimer;
+  /** @type {CryptoKeyPair | undefined} */
+  #keyPair;
+  /** @type {string | undefined} */
+  #keyIdent;
+  /** Settles once the key pair (if any) is ready. @type {Promise<void>} */
+  #keyReady = Promise.resolve();
+  /**
+   * What this socket has proven: idents, and the proof in flight. A new
+   * socket starts afresh (proofs are bound to their connection).
+   * @type {{proven: Set<string>, proving: Promise<void> | undefined}}
+   */
+  #session = { proven: new Set(), proving: undefined };
 
   /**
    * @param {string | URL} [url] the server's WebSocket URL (`ws:`/`wss:`;
@@ -177,6 +280,10 @@ export class SignalClient extends Emitter {
     super();
     const o = /** @type {Record<string, any>} */ (options);
     this.#url = String(url ?? defaultUrl()).replace(/^http/, "ws");
+    // Checked here, as the WebSocket constructor would: the socket is made later.
+    if (!/^wss?:$/.test(new URL(this.#url).protocol)) {
+      throw new SyntaxError(`not a WebSocket URL: ${this.#url}`);
+    }
     this.#WebSocket = o.WebSocket ?? globalThis.WebSocket;
     this.#reconnect = o.reconnect === false ? false : {
       initialDelay: o.reconnect?.initialDelay ?? 250,
@@ -186,7 +293,54 @@ export class SignalClient extends Emitter {
     };
     this.#requestTimeout = o.requestTimeout ?? 10000;
     this.#heartbeat = o.heartbeat ?? 30000;
+    if (o.token !== undefined && typeof o.token !== "string" && typeof o.token !== "function") {
+      throw new TypeError("options.token must be a string or a function returning one");
+    }
+    this.#token = o.token;
+    this.#tokenIn = o.tokenIn ?? "protocol";
+    if (!["protocol", "query", "auth"].includes(this.#tokenIn)) {
+      throw new TypeError('options.tokenIn must be "protocol", "query" or "auth"');
+    }
+    this.#refreshBefore = o.refreshBefore ?? 60000;
+    if (o.keyPair !== undefined && o.keyPair !== false) {
+      this.#keyReady = (async () => {
+        const pair = o.keyPair === true ? await generateKeyPair() : o.keyPair;
+        this.#keyIdent = await keyIdentOf(pair.publicKey);
+        this.#keyPair = pair;
+      })().catch((e) => {
+        this.emit("error", { call: "prove", code: "no-key", detail: String(e?.message ?? e) });
+      });
+    }
     this.#connect();
+  }
+
+  /**
+   * Makes an Ed25519 key pair for a key ident (see {@link generateKeyPair}).
+   * @returns {Promise<CryptoKeyPair>}
+   */
+  static generateKeyPair() {
+    return generateKeyPair();
+  }
+
+  /**
+   * The key ident of an Ed25519 public key (see {@link keyIdentOf}).
+   * @param {CryptoKey} publicKey
+   */
+  static keyIdentOf(publicKey) {
+    return keyIdentOf(publicKey);
+  }
+
+  /**
+   * This client's key ident (43 base64url characters), when it was given or
+   * made a key pair; known by the time {@link SignalClient.opened} resolves.
+   */
+  get keyIdent() {
+    return this.#keyIdent;
+  }
+
+  /** Unix seconds at which the token in force expires, when known. */
+  get tokenExpiry() {
+    return this.#exp;
   }
 
   /** The server URL. */
@@ -225,9 +379,81 @@ export class SignalClient extends Emitter {
   async join(room, ident) {
     ident ??= await this.ident();
     const g = room + ":" + ident;
+    await this.#readyToJoin(ident);
     await this.#request("join", g, JSON.stringify(["join", ident, room]));
     this.#held.set(g, { room, ident });
     return g;
+  }
+
+  /**
+   * Presents a token on the open connection (`["auth", token]`): `token`,
+   * or a fresh one from the `token` option's function. Resolves with what
+   * the server read from it. The client does this by itself before the
+   * token expires; call it to hand over a new grant at once.
+   * @param {string} [token]
+   * @returns {Promise<{sub: string, exp: number | null}>}
+   */
+  async auth(token) {
+    token ??= await this.#freshToken();
+    const reply = await this.#request("auth", "", JSON.stringify(["auth", token]));
+    if (typeof this.#token === "string") this.#token = token;
+    this.#accepted(reply);
+    return reply;
+  }
+
+  /**
+   * Proves this client's key ident on the current connection
+   * (`["challenge"]`, then `["prove", ident, signature]`). {@link join}
+   * does it by itself before joining with the key ident.
+   */
+  async prove() {
+    await this.#keyReady;
+    if (this.#keyPair === undefined || this.#keyIdent === undefined) {
+      throw new Error("no key pair: pass options.keyPair");
+    }
+    await this.opened();
+    const session = this.#session;
+    if (session.proven.has(this.#keyIdent)) return;
+    session.proving ??= this.#proveOn(session, this.#keyIdent, this.#keyPair.privateKey)
+      .finally(() => session.proving = undefined);
+    await session.proving;
+  }
+
+  /**
+   * @param {{proven: Set<string>, proving: Promise<void> | undefined}} session
+   * @param {string} ident
+   * @param {CryptoKey} privateKey
+   */
+  async #proveOn(session, ident, privateKey) {
+    const challenge = await this.#request("challenge", "", '["challenge"]');
+    const signature = await signProof(privateKey, String(challenge), ident);
+    if (session !== this.#session) throw new Error("connection lost while proving");
+    await this.#request("prove", ident, JSON.stringify(["prove", ident, signature]));
+    session.proven.add(ident);
+  }
+
+  /**
+   * Resolves once a join with `ident` may be sent: at once, unless it is
+   * this client's key ident, which must be proven on the socket that is
+   * open when the join goes out (a drop in between means proving again on
+   * the next one). A server that knows no proofs (`unknown-call`) is joined
+   * without one.
+   * @param {string} ident
+   */
+  async #readyToJoin(ident) {
+    await this.#keyReady;
+    if (ident !== this.#keyIdent) return;
+    for (let tries = 0; tries < 3; tries++) {
+      try {
+        await this.prove();
+      } catch (e) {
+        if (e instanceof SignalError && e.code === "unknown-call") return;
+        if (this.#state !== "reconnecting") throw e;
+      }
+      // No task runs between this check and the caller's send.
+      if (this.#state === "open" && this.#session.proven.has(ident)) return;
+    }
+    throw new Error("connection lost while proving");
   }
 
   /**
@@ -279,6 +505,7 @@ export class SignalClient extends Emitter {
     this.#state = "closed";
     clearTimeout(this.#retryTimer);
     clearInterval(this.#heartbeatTimer);
+    clearTimeout(this.#refreshTimer);
     const lost = new Error("client closed");
     for (const { req } of this.#outgoing.splice(0)) if (req) this.#settle(req, lost);
     this.#failInflight(lost);
@@ -363,9 +590,53 @@ export class SignalClient extends Emitter {
     }
   }
 
-  #connect() {
-    const ws = new this.#WebSocket(this.#url);
+  /** A token from the `token` option: the string, or a fresh one from the function. */
+  async #freshToken() {
+    const t = this.#token;
+    const token = typeof t === "function" ? await t() : t;
+    if (typeof token !== "string" || token === "") {
+      throw new Error("the token function gave no token");
+    }
+    return token;
+  }
+
+  /**
+   * Opens a socket: first the key pair and a token (a fresh one on every
+   * attempt), then the WebSocket with the token where `tokenIn` says.
+   */
+  async #connect() {
+    /** @type {string | undefined} */
+    let token;
+    try {
+      await this.#keyReady;
+      if (this.#token !== undefined) token = await this.#freshToken();
+    } catch (e) {
+      if (this.#state === "closed") return;
+      this.emit("error", { call: "auth", code: "no-token", detail: String(e?.message ?? e) });
+      this.#retry(1006, "no token");
+      return;
+    }
+    if (this.#state === "closed") return;
+    this.#current = token;
+    this.#exp = undefined;
+    /** @type {WebSocket} */
+    let ws;
+    try {
+      if (token !== undefined && this.#tokenIn === "protocol") {
+        ws = new this.#WebSocket(this.#url, [TOKEN_PROTOCOL, token]);
+      } else if (token !== undefined && this.#tokenIn === "query") {
+        const u = new URL(this.#url);
+        u.searchParams.set("token", token);
+        ws = new this.#WebSocket(u.href);
+      } else ws = new this.#WebSocket(this.#url);
+    } catch (e) {
+      // A token that cannot be a subprotocol (not a JWT), say.
+      this.emit("error", { call: "auth", code: "bad-token", detail: String(e?.message ?? e) });
+      this.#retry(1006, "cannot connect");
+      return;
+    }
     this.#ws = ws;
+    this.#session = { proven: new Set(), proving: undefined };
     ws.binaryType = "arraybuffer";
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (e) => {
@@ -381,6 +652,19 @@ export class SignalClient extends Emitter {
     const reconnected = this.#opens++ > 0;
     this.#state = "open";
     this.#attempt = 0;
+    const token = this.#current;
+    if (token !== undefined && this.#tokenIn === "auth") {
+      // Sent before anything else: the server handles the frames after it
+      // once the token is verified.
+      this.#request("auth", "", JSON.stringify(["auth", token])).then(
+        (reply) => this.#accepted(reply),
+        () => {/* emitted as an error event */},
+      );
+    } else if (token !== undefined) {
+      const exp = tokenClaims(token)?.exp;
+      this.#exp = typeof exp === "number" ? exp : undefined;
+      this.#scheduleRefresh();
+    }
     if (this.#heartbeat > 0) {
       this.#heartbeatTimer = setInterval(() => {
         // A half-open TCP connection only shows as a missing pong.
@@ -404,8 +688,12 @@ export class SignalClient extends Emitter {
    * @param {number} tries
    */
   #rejoin(g, room, ident, tries) {
-    this.#request("join", g, JSON.stringify(["join", ident, room])).catch((e) => {
-      if (this.#state !== "open" || !this.#held.has(g)) return;
+    const ws = this.#ws;
+    this.#readyToJoin(ident).then(() => {
+      // After a drop while proving, the newer socket re-joins by itself.
+      if (this.#ws === ws) return this.#request("join", g, JSON.stringify(["join", ident, room]));
+    }).catch((e) => {
+      if (this.#state !== "open" || !this.#held.has(g) || this.#ws !== ws) return;
       const code = e instanceof SignalError ? e.code : "";
       if ((code === "ident-taken" || code === "unavailable") && tries < 8) {
         this.#retryTimer = setTimeout(
@@ -431,13 +719,27 @@ export class SignalClient extends Emitter {
   #onClose(ws, code, reason) {
     if (this.#ws !== ws) return;
     clearInterval(this.#heartbeatTimer);
+    clearTimeout(this.#refreshTimer);
     this.#failInflight(new Error(`connection lost (${code})`));
     if (this.#state === "closed") {
       this.#closed?.();
       this.emit("close", { code, reason, reconnecting: false, delay: 0 });
       return;
     }
-    if (this.#reconnect === false) {
+    this.#retry(code, reason);
+  }
+
+  /**
+   * After a socket closed (or could not be made): reconnect after a backoff
+   * delay, or stop for good when reconnecting is off or pointless (a fixed
+   * token the server said has expired).
+   * @param {number} code
+   * @param {string} reason
+   */
+  #retry(code, reason) {
+    const expired = code === 1008 && reason === "token expired" &&
+      typeof this.#token === "string";
+    if (this.#reconnect === false || expired) {
       this.#state = "closed";
       this.#closing = Promise.resolve();
       for (const { req } of this.#outgoing.splice(0)) {
@@ -452,6 +754,46 @@ export class SignalClient extends Emitter {
       if (this.#state === "reconnecting") this.#connect();
     }, delay);
     this.emit("close", { code, reason, reconnecting: true, delay });
+  }
+
+  /**
+   * The server accepted a token (`["auth", {sub, exp}]`): note its expiry
+   * and plan the next refresh.
+   * @param {{sub: string, exp: number | null}} reply
+   */
+  #accepted(reply) {
+    this.#exp = typeof reply?.exp === "number" ? reply.exp : undefined;
+    this.#scheduleRefresh();
+  }
+
+  /**
+   * With a token function and a known expiry: sends `["auth", fresh]`
+   * `refreshBefore` ms before the token expires (at most half its remaining
+   * time ahead). A fixed token cannot be refreshed.
+   */
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = undefined;
+    if (typeof this.#token !== "function" || this.#exp === undefined) return;
+    if (this.#state !== "open") return;
+    const remaining = this.#exp * 1000 - Date.now();
+    if (remaining <= MIN_REFRESH_MS) return; // too late: the server closes, the reconnect brings a fresh one
+    const lead = Math.min(this.#refreshBefore, remaining / 2);
+    const delay = Math.max(remaining - lead, MIN_REFRESH_MS);
+    if (delay > MAX_TIMER_MS) {
+      // A token good for months: look again later rather than refresh now.
+      this.#refreshTimer = setTimeout(() => this.#scheduleRefresh(), MAX_TIMER_MS);
+      return;
+    }
+    const ws = this.#ws;
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = undefined;
+      if (this.#ws !== ws || this.#state !== "open") return;
+      // On failure (error event emitted), try again while time remains.
+      this.auth().catch(() => {
+        if (this.#ws === ws) this.#scheduleRefresh();
+      });
+    }, delay);
   }
 
   /**
@@ -513,6 +855,25 @@ export class SignalClient extends Emitter {
       case "pong": {
         const req = this.#take("ping");
         if (req) this.#settle(req, undefined, undefined);
+        return;
+      }
+      case "auth": {
+        const o = m[1] !== null && typeof m[1] === "object" ? m[1] : {};
+        const value = { sub: String(o.sub ?? ""), exp: typeof o.exp === "number" ? o.exp : null };
+        const req = this.#take("auth");
+        if (req) this.#settle(req, undefined, value);
+        this.emit("auth", value);
+        return;
+      }
+      case "challenge": {
+        const req = this.#take("challenge");
+        if (req) this.#settle(req, undefined, String(m[1]));
+        return;
+      }
+      case "prove": {
+        const req = this.#take("prove", String(m[1])) ?? this.#take("prove");
+        if (req) this.#settle(req, undefined, undefined);
+        this.emit("prove", { ident: String(m[1]) });
         return;
       }
       case "error": {

@@ -1,15 +1,18 @@
 /**
- * The HTTP routes: status page, health, readiness, metrics, static assets,
- * robots.txt, and the 404 and 405 answers. WebSocket upgrades never get
- * here; the server hands them to the transport first.
+ * The HTTP routes: status page (and the `status.json` it refreshes from),
+ * health, readiness, metrics, static assets, robots.txt, and the 404 and 405
+ * answers. WebSocket upgrades never get here; the server hands them to the
+ * transport first.
  *
  * @module
  */
 
 import type { Engine, MetricFamily } from "../transport/engine.ts";
 import { assetResponse } from "./assets.ts";
+import { renderCharts } from "./charts.ts";
+import type { ChartView } from "./history.ts";
 import { renderMetrics } from "./metrics.ts";
-import { notFoundPage, statusPage, type StatusSection } from "./pages.ts";
+import { duration, notFoundPage, statusPage, type StatusSection } from "./pages.ts";
 
 /** What the routes read from the running server. */
 export interface RouteContext {
@@ -25,9 +28,24 @@ export interface RouteContext {
   notReady(): string | undefined;
   /** Every metric family, engines' and server's. */
   metrics(): MetricFamily[];
+  /** The bearer token `/metrics` asks for; open when absent or empty. */
+  readonly metricsToken?: string;
+  /** Recent activity for the status page's charts (a `History`); omitted, no charts. */
+  readonly history?: { readonly intervalMs: number; view(): ChartView[] };
 }
 
 const TEXT = { "content-type": "text/plain; charset=utf-8" };
+
+/** True when no token is needed, or `Authorization: Bearer <token>` names it (compared in full). */
+function bearerOk(req: Request, token: string | undefined): boolean {
+  if (token === undefined || token === "") return true;
+  const given = req.headers.get("authorization") ?? "";
+  const want = "Bearer " + token;
+  // Every character is compared, so the time taken says nothing of where they differ.
+  let diff = given.length ^ want.length;
+  for (let i = 0; i < want.length; i++) diff |= want.charCodeAt(i) ^ given.charCodeAt(i);
+  return diff === 0;
+}
 const HTML = { "content-type": "text/html; charset=utf-8" };
 
 /** The paths of static assets (the client library and the demo). */
@@ -60,15 +78,32 @@ export function routes(ctx: RouteContext): (req: Request) => Response {
           ...engine.status(),
           wsUrl: `${scheme}://${url.host}${path}`,
         }));
+        const h = ctx.history;
         return new Response(
           statusPage({
             name: ctx.name,
             version: ctx.version,
             uptimeSeconds: ctx.uptimeSeconds(),
             sections,
+            charts: h && { html: renderCharts(h.view()), refreshMs: h.intervalMs },
           }),
           { headers: HTML },
         );
+      }
+      case "/status.json": {
+        // What the status page refreshes: counts and charts, never names.
+        const counts: Record<string, number> = {};
+        for (const { engine } of ctx.engines) {
+          for (const [id, , value] of engine.status().counts) counts[id] = value;
+        }
+        const body = {
+          uptime: duration(ctx.uptimeSeconds()),
+          counts,
+          charts: ctx.history ? renderCharts(ctx.history.view()) : "",
+        };
+        return new Response(JSON.stringify(body), {
+          headers: { "content-type": "application/json", "cache-control": "no-store" },
+        });
       }
       case "/healthz":
         return new Response("ok\n", { headers: TEXT });
@@ -78,6 +113,12 @@ export function routes(ctx: RouteContext): (req: Request) => Response {
         return new Response("ready\n", { headers: TEXT });
       }
       case "/metrics":
+        if (!bearerOk(req, ctx.metricsToken)) {
+          return new Response("metrics need a bearer token\n", {
+            status: 401,
+            headers: { ...TEXT, "www-authenticate": 'Bearer realm="metrics"' },
+          });
+        }
         return new Response(renderMetrics(ctx.metrics()), {
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
         });

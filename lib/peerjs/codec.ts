@@ -63,6 +63,7 @@ export type ErrorCode = typeof ERROR_CODES[number];
  * - `invalid-key`: a key the server does not serve;
  * - `invalid-id`: an id longer than the server allows;
  * - `invalid-token`: a token longer than the server allows;
+ * - `forbidden`: the bearer token the key carried does not grant the id;
  * - `limit`: the server holds as many ids as it may.
  */
 export const HANDSHAKE_OUTCOMES = [
@@ -73,6 +74,7 @@ export const HANDSHAKE_OUTCOMES = [
   "invalid-key",
   "invalid-id",
   "invalid-token",
+  "forbidden",
   "limit",
 ] as const;
 
@@ -91,6 +93,7 @@ export const HANDSHAKE_MESSAGES: Readonly<
   "invalid-key": "Invalid key provided",
   "invalid-id": "Invalid id provided",
   "invalid-token": "Invalid token provided",
+  "forbidden": "The token does not grant this id",
   "limit": "Server has reached its concurrent user limit",
 };
 

@@ -376,6 +376,7 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
   const limits: Readonly<PeerjsLimits> = { ...DEFAULT_PEERJS_LIMITS, ...options.limits };
   const now = options.now ?? (() => performance.now());
   const keys = new Set(options.keys ?? ["peerjs"]);
+  const firstKey = [...keys][0] ?? "peerjs";
   const base = options.path ?? "/";
   const stats: PeerjsStats = {
     connectionsOpened: 0,
@@ -625,11 +626,15 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
     const q = peer.url.searchParams;
     const id = q.get("id") ?? "";
     const token = q.get("token") ?? "";
-    const key = q.get("key") ?? "";
+    const given = q.get("key") ?? "";
+    // A key that carried a verified bearer token joins the first key's
+    // namespace, so the bearers of different tokens can reach each other.
+    const key = peer.grant !== undefined && !keys.has(given) ? firstKey : given;
     const conn = new PConn(nextN++, link, peer, key, id, token, limits, at);
     conns.set(conn.n, conn);
     if (id === "" || token === "" || key === "") refuse(conn, "invalid-params");
     else if (!keys.has(key)) refuse(conn, "invalid-key");
+    else if (peer.grant !== undefined && !peer.grant.ident(id)) refuse(conn, "forbidden");
     else if (id.length > limits.maxIdLength) refuse(conn, "invalid-id");
     else if (token.length > limits.maxTokenLength) refuse(conn, "invalid-token");
     else {

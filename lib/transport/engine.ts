@@ -20,6 +20,7 @@
  */
 
 import type { Grant } from "../auth/grant.ts";
+import type { PresentedToken } from "../auth/request.ts";
 
 /** What an engine may ask of the transport for one connection. */
 export interface Link {
@@ -114,6 +115,12 @@ export interface Engine<C = unknown> {
 export interface Mount {
   /** The URL path that upgrades to this mount, e.g. `/` or `/peerjs`. */
   readonly path: string;
+  /**
+   * Where a bearer token is on an upgrade of this path, when it is not where
+   * browsers usually put it (`?token=` or the `jwt` subprotocol): PeerJS's
+   * `token` is its own session token, so its bearer token rides in `key`.
+   */
+  readonly token?: (req: Request, url: URL) => PresentedToken | undefined;
   /**
    * The first engine takes every connection when it opens. When several
    * share the path, the first message may move the connection to another:

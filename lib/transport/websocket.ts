@@ -26,11 +26,54 @@ export const TransportClose = {
   internal: 1011,
 } as const;
 
+/**
+ * The part of the WebSocket API the transport uses: Deno's `WebSocket` and
+ * the own transport's `OwnWebSocket` both have it.
+ */
+export interface SocketLike {
+  /** 0 connecting, 1 open, 2 closing, 3 closed. */
+  readonly readyState: number;
+  /** Bytes handed to the socket and not yet written. */
+  readonly bufferedAmount: number;
+  /** How binary messages arrive. */
+  binaryType: string;
+  /** Sends a text frame. */
+  send(data: string): void;
+  /** Starts the closing handshake. */
+  close(code?: number, reason?: string): void;
+  /** The socket opened. */
+  onopen: ((ev: Event) => void) | null;
+  /** A message arrived. */
+  onmessage: ((ev: MessageEvent) => void) | null;
+  /** The socket closed, for any reason. */
+  onclose: ((ev: CloseEvent) => void) | null;
+  /** Something failed; a close follows. */
+  onerror: ((ev: Event) => void) | null;
+  /** A message over the size limit is arriving (own transport only; see `OwnWebSocket`). */
+  ontoobig?: (() => void) | null;
+}
+
+/** What the transport asks of a runtime's upgrade. */
+export interface UpgradeOptions {
+  /** Seconds without a pong before the runtime drops a connection (0 = off). */
+  idleTimeout: number;
+  /** Largest message; a runtime that can refuses more as it arrives. */
+  maxMessageBytes: number;
+  /** The subprotocol to answer with, if the client offered one we speak. */
+  protocol?: string;
+}
+
 /** The shape of `Deno.upgradeWebSocket`: what the transport needs of a runtime. */
 export type Upgrade = (
   req: Request,
-  options: { idleTimeout: number; protocol?: string },
-) => { socket: WebSocket; response: Response };
+  options: UpgradeOptions,
+) => { socket: SocketLike; response: Response };
+
+/** The longest delay a timer takes (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const CONNECTING = 0;
+const OPEN = 1;
 
 /** Settings of a {@link WebSocketTransport}. */
 export interface TransportOptions {
@@ -77,7 +120,7 @@ export class Socket implements Link {
 
   /** Made by {@link WebSocketTransport.accept}. */
   constructor(
-    readonly ws: WebSocket,
+    readonly ws: SocketLike,
     readonly mount: Mount,
     readonly peer: Peer,
     readonly transport: WebSocketTransport,
@@ -86,7 +129,7 @@ export class Socket implements Link {
   /** {@link Link.send}. */
   send(frame: string): void {
     const ws = this.ws;
-    if (ws.readyState !== WebSocket.OPEN) return;
+    if (ws.readyState !== OPEN) return;
     ws.send(frame);
     // A reader that does not keep up would make us buffer without end.
     if (this.slowTimer === undefined && ws.bufferedAmount > this.transport.maxBufferedBytes) {
@@ -97,7 +140,7 @@ export class Socket implements Link {
   /** {@link Link.close}. */
   close(code: number, reason: string): void {
     const ws = this.ws;
-    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+    if (ws.readyState === OPEN || ws.readyState === CONNECTING) {
       ws.close(code, reason);
     }
   }
@@ -105,10 +148,12 @@ export class Socket implements Link {
   /** {@link Link.wake}. */
   wake(delayMs: number): void {
     clearTimeout(this.wakeTimer);
+    // A longer delay would overflow the timer and fire at once; waking
+    // early is harmless (the engine asks again).
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;
       this.transport.run(this, () => this.engine!.wake(this.state));
-    }, delayMs);
+    }, Math.min(delayMs, MAX_TIMER_MS));
   }
 }
 
@@ -140,7 +185,9 @@ export class WebSocketTransport {
   constructor(options: TransportOptions, log: Log) {
     this.#options = options;
     this.maxBufferedBytes = options.maxBufferedBytes;
-    this.#upgrade = options.upgrade ?? Deno.upgradeWebSocket;
+    this.#upgrade = options.upgrade ??
+      ((req, o) =>
+        Deno.upgradeWebSocket(req, { idleTimeout: o.idleTimeout, protocol: o.protocol }));
     this.#log = log;
   }
 
@@ -149,10 +196,15 @@ export class WebSocketTransport {
     return this.#sockets.size;
   }
 
-  /** Upgrades `req` (already checked to be a WebSocket upgrade on `mount`). */
-  accept(req: Request, mount: Mount, peer: Peer): Response {
+  /**
+   * Upgrades `req` (already checked to be a WebSocket upgrade on `mount`),
+   * answering with `protocol` when given.
+   */
+  accept(req: Request, mount: Mount, peer: Peer, protocol?: string): Response {
     const { socket: ws, response } = this.#upgrade(req, {
       idleTimeout: this.#options.idleTimeout,
+      maxMessageBytes: this.#options.maxMessageBytes,
+      protocol,
     });
     ws.binaryType = "arraybuffer";
     const s = new Socket(ws, mount, peer, this);
@@ -168,6 +220,9 @@ export class WebSocketTransport {
       this.#message(s, typeof d === "string" ? d : new Uint8Array(d));
     };
     ws.onclose = () => this.#closed(s);
+    // A runtime that refuses an oversize message as it arrives lets the
+    // engine say why before the 1009.
+    if ("ontoobig" in ws) ws.ontoobig = () => this.#oversize(s);
     ws.onerror = () => {/* a close event follows */};
     return response;
   }
@@ -212,7 +267,7 @@ export class WebSocketTransport {
   checkSlowReader(s: Socket): void {
     s.slowTimer = undefined;
     const ws = s.ws;
-    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount <= this.maxBufferedBytes) return;
+    if (ws.readyState !== OPEN || ws.bufferedAmount <= this.maxBufferedBytes) return;
     this.counters.slow_reader_closed++;
     this.#log.info("closing slow reader with {bytes} bytes unsent", { bytes: ws.bufferedAmount });
     ws.close(TransportClose.policy, "slow reader");
@@ -251,12 +306,18 @@ export class WebSocketTransport {
       }
     }
     if (utf8Exceeds(data, this.#options.maxMessageBytes)) {
-      this.run(s, () => s.engine!.oversize?.(s.state));
-      this.#end(s);
-      s.close(TransportClose.tooLarge, "frame too large");
+      this.#oversize(s);
       return;
     }
     this.run(s, () => s.engine!.frame(s.state, data));
+  }
+
+  /** A message over the limit: the engine may say why, then the connection closes with 1009. */
+  #oversize(s: Socket): void {
+    if (s.ended || s.engine === undefined) return;
+    this.run(s, () => s.engine!.oversize?.(s.state));
+    this.#end(s);
+    s.close(TransportClose.tooLarge, "frame too large");
   }
 
   /** Tells the engine, once, that the connection is over. */

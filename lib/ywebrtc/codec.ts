@@ -45,6 +45,7 @@ export const ERROR_CODES = [
   "not-subscribed",
   "topic-limit",
   "topic-full",
+  "forbidden",
   "too-large",
   "rate-limited",
 ] as const;

@@ -232,6 +232,11 @@ export interface YWebrtcOptions {
    * reference server does). Off by default: see the module notes.
    */
   allowUnsubscribedPublish?: boolean;
+  /**
+   * True for a topic whose subscribers need a token granting it (as a room):
+   * the server's `--auth-rooms`. No topic is protected when omitted.
+   */
+  protectedTopic?: (topic: string) => boolean;
 }
 
 /** The y-webrtc engine: an {@link Engine} with its counts. */
@@ -301,6 +306,7 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
   const limits: Readonly<YLimits> = { ...DEFAULT_YLIMITS, ...options.limits };
   const now = options.now ?? (() => performance.now());
   const openPublish = options.allowUnsubscribedPublish ?? false;
+  const protectedTopic = options.protectedTopic ?? (() => false);
   const stats: YStats = {
     connectionsOpened: 0,
     framesIn: counters(IN_TYPES),
@@ -446,12 +452,17 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
     let bad = 0;
     let overLimit: string[] | undefined;
     let full: string[] | undefined;
+    let forbidden: string[] | undefined;
     for (const t of topics) {
       if (typeof t !== "string" || t.length > limits.maxTopicLength) {
         bad++;
         continue;
       }
       if (conn.topics.has(t)) continue;
+      if (protectedTopic(t) && conn.peer.grant?.room(t) !== true) {
+        (forbidden ??= []).push(t);
+        continue;
+      }
       if (conn.topics.size >= limits.maxTopicsPerConnection) {
         (overLimit ??= []).push(t);
         continue;
@@ -465,6 +476,14 @@ export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
       subscriptions++;
     }
     if (bad > 0) badTopics(conn, bad);
+    if (forbidden !== undefined) {
+      fail(
+        conn,
+        "forbidden",
+        "these topics need a token that grants them; not subscribed",
+        forbidden,
+      );
+    }
     if (overLimit !== undefined) {
       fail(
         conn,
