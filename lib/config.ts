@@ -158,6 +158,9 @@ interface Flat {
   churnBurst: number;
   maxQueuedFrames: number;
   maxQueuedBytes: number;
+  sessionGrace: number;
+  sessionBufferFrames: number;
+  sessionBufferBytes: number;
   yjsMaxTopics: number;
   yjsMaxSubscribers: number;
   peerjsKeys: string[];
@@ -389,6 +392,30 @@ const SETTINGS: { [K in keyof Flat]: Setting<K> }[keyof Flat][] = [
     env: "MAX_QUEUED_BYTES",
     default: String(DEFAULT_LIMITS.maxQueuedBytes),
     help: "bytes that may wait for their budget; more closes with 1008",
+    parse: int(1024, MAX),
+  },
+  {
+    key: "sessionGrace",
+    flag: "session-grace",
+    env: "SESSION_GRACE",
+    default: String(DEFAULT_LIMITS.sessionGrace / 1000),
+    help: "seconds a session's idents stay held after its socket dropped (0 = sessions off)",
+    parse: int(0, 3600),
+  },
+  {
+    key: "sessionBufferFrames",
+    flag: "session-buffer-frames",
+    env: "SESSION_BUFFER_FRAMES",
+    default: String(DEFAULT_LIMITS.sessionBufferFrames),
+    help: "frames kept for a session in grace; one more ends it",
+    parse: int(1, MAX),
+  },
+  {
+    key: "sessionBufferBytes",
+    flag: "session-buffer-bytes",
+    env: "SESSION_BUFFER_BYTES",
+    default: String(DEFAULT_LIMITS.sessionBufferBytes),
+    help: "bytes kept for a session in grace; more end it",
     parse: int(1024, MAX),
   },
   {
@@ -855,6 +882,9 @@ function group(f: Flat, source: ConfigSource): Config {
       churnBurst: f.churnBurst,
       maxQueuedFrames: f.maxQueuedFrames,
       maxQueuedBytes: f.maxQueuedBytes,
+      sessionGrace: f.sessionGrace * 1000,
+      sessionBufferFrames: f.sessionBufferFrames,
+      sessionBufferBytes: f.sessionBufferBytes,
     },
     ywebrtc: {
       maxTopicsPerConnection: f.yjsMaxTopics,
@@ -941,7 +971,7 @@ function authSettings(f: Flat, source: ConfigSource): AuthSettings {
 /** The `--help` text: every flag with its variable and default. */
 export function helpText(): string {
   const lines = [
-    "signal-server: a WebRTC signal server speaking the DIVA signal protocol",
+    "signal-server: a WebRTC signal server for DIVA, y-webrtc (Yjs) and PeerJS clients",
     "",
     "usage: signal-server [flags]",
     "",
@@ -949,11 +979,12 @@ export function helpText(): string {
     "",
   ];
   const width = Math.max(...SETTINGS.map((s) => s.flag.length)) + 2;
+  const envWidth = Math.max(...SETTINGS.map((s) => s.env.length));
   for (const s of SETTINGS) {
     const def = s.default === "" ? "" : ` (default ${s.default})`;
-    lines.push(`  --${s.flag.padEnd(width)} ${s.env.padEnd(18)} ${s.help}${def}`);
+    lines.push(`  --${s.flag.padEnd(width)} ${s.env.padEnd(envWidth)} ${s.help}${def}`);
   }
-  lines.push(`  --${"help".padEnd(width)} ${"".padEnd(18)} show this help`);
-  lines.push(`  --${"version".padEnd(width)} ${"".padEnd(18)} print the version`);
+  lines.push(`  --${"help".padEnd(width)} ${"".padEnd(envWidth)} show this help`);
+  lines.push(`  --${"version".padEnd(width)} ${"".padEnd(envWidth)} print the version`);
   return lines.join("\n");
 }

@@ -330,6 +330,8 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     log.info("shutting down: closing {n} connections", { n: transport.sockets });
     // Members leave first, so peers everywhere get their bye before we go.
     transport.closeAll(TransportClose.goingAway, "server shutting down");
+    // Sessions in grace end too, so their peers hear of it before we go.
+    engines.diva.stop();
     await backplane?.stop();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const deadline = new Promise<void>((resolve) => {

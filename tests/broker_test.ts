@@ -1206,6 +1206,8 @@ Deno.test("stats count accepted calls, sent frames by type, errors by code and r
     auth: 0,
     challenge: 0,
     prove: 0,
+    session: 0,
+    resume: 0,
   });
   assert.deepEqual(s.framesOut, {
     ident: 1,
@@ -1220,6 +1222,8 @@ Deno.test("stats count accepted calls, sent frames by type, errors by code and r
     auth: 0,
     challenge: 0,
     prove: 0,
+    session: 0,
+    resume: 0,
   });
   assert.deepEqual(s.errors, {
     "bad-json": 1,

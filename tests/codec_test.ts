@@ -131,6 +131,8 @@ Deno.test("decode: every well-formed call comes back as the parsed array", () =>
     ["auth", "eyJ.a.b"],
     ["challenge"],
     ["prove", "A".repeat(43), "c2lnbmF0dXJl"],
+    ["session"],
+    ["resume", "dG9rZW4"],
   ];
   for (const c of calls) {
     assert.deepEqual(decode(JSON.stringify(c)), c);
@@ -147,6 +149,8 @@ Deno.test("decode: every well-formed call comes back as the parsed array", () =>
     "auth",
     "challenge",
     "prove",
+    "session",
+    "resume",
   ]);
 });
 

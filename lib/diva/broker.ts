@@ -112,6 +112,12 @@ export interface Outbox<H> {
    * Without it, such calls are answered `unavailable`.
    */
   ask?(to: H, conn: Connection<H>, question: Question): void;
+  /**
+   * Call {@link Broker.tick} in `delayMs` milliseconds: a session's grace
+   * ends then. One request is pending at a time; a later one replaces it.
+   * Without it, sessions are off.
+   */
+  schedule?(delayMs: number): void;
 }
 
 /**
@@ -165,6 +171,12 @@ export interface Limits {
   maxQueuedFrames: number;
   /** Bytes that may wait in one connection's queue; more closes it with 1008. */
   maxQueuedBytes: number;
+  /** Milliseconds a session's idents stay held after its socket closed (0 turns sessions off). */
+  sessionGrace: number;
+  /** Frames kept for a session in grace; one more ends the session at once. */
+  sessionBufferFrames: number;
+  /** Bytes kept for a session in grace; more end the session at once. */
+  sessionBufferBytes: number;
 }
 
 /** Limits used where none are given. */
@@ -180,6 +192,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = {
   churnBurst: 1024,
   maxQueuedFrames: 1024,
   maxQueuedBytes: 1024 * 1024,
+  sessionGrace: 10_000,
+  sessionBufferFrames: 256,
+  sessionBufferBytes: 256 * 1024,
 };
 
 /**
@@ -220,6 +235,16 @@ export interface BrokerStats {
   framesDelayed: number;
   /** Connections closed with 1008 because their queue passed its bound, by bound. */
   queueClosed: { frames: number; bytes: number };
+  /** Sessions: asked for, socket gone (grace began), resumed, refused, ended, frames kept. */
+  sessions: {
+    opened: number;
+    detached: number;
+    resumed: number;
+    refused: number;
+    expired: number;
+    overflow: number;
+    kept: number;
+  };
 }
 
 /** A global ident held by a connection, as a member of its room. */
@@ -230,8 +255,8 @@ export interface Member<H> {
   readonly ident: string;
   /** The room it is a member of. */
   readonly room: Room<H>;
-  /** The holder, or null for a member held on another instance. */
-  readonly conn: Connection<H> | null;
+  /** The holder, or null for a member held on another instance (a resume moves it). */
+  conn: Connection<H> | null;
   /** The instance holding a remote member ("" for a local one). */
   readonly instance: string;
 }
@@ -276,6 +301,12 @@ export class Connection<H> {
   wakeAsked: number = -1;
   /** The pending challenge for an ident proof, and when it expires. */
   challenge: { value: string; expiresAt: number } | undefined = undefined;
+  /** The session this connection holds, if it asked for one. */
+  session: Session<H> | undefined = undefined;
+  /** Set when its socket closed while its session keeps its idents (in grace). */
+  detached: boolean = false;
+  /** Set when the broker itself closed it (a policy close): its session ends with it. */
+  final: boolean = false;
   /** The random TURN user of a connection that holds no ident and was issued none. */
   turnUser: string | undefined = undefined;
   /** Key idents this connection proved it holds the private key of. */
@@ -319,6 +350,29 @@ export class Connection<H> {
     return this.queue.length;
   }
 }
+
+/**
+ * A resumable session: who holds it, its current token, and, while its
+ * socket is gone, when its grace ends and the frames kept for it.
+ */
+export interface Session<H> {
+  /** The current resume token (random, single-use: replaced at each resume). */
+  token: string;
+  /** The connection that holds it. */
+  conn: Connection<H>;
+  /** When the grace ends (broker clock), or -1 while a socket holds it. */
+  until: number;
+  /** Frames sent to it while in grace, in order. */
+  readonly kept: string[];
+  /** Bytes (UTF-16 units) of `kept`. */
+  keptBytes: number;
+}
+
+/** Random bytes in a session token: 192 bits. */
+const SESSION_TOKEN_BYTES = 24;
+
+/** The close code for a socket whose session was resumed on another connection. */
+export const RESUMED_ELSEWHERE = 4001;
 
 /** Letters in an issued ident: 24 × log2(26) ≈ 112 bits of randomness. */
 const IDENT_LETTERS = 24;
@@ -369,6 +423,7 @@ export class Broker<H> {
     connectionsOpened: 0,
     framesDelayed: 0,
     queueClosed: { frames: 0, bytes: 0 },
+    sessions: { opened: 0, detached: 0, resumed: 0, refused: 0, expired: 0, overflow: 0, kept: 0 },
   };
 
   readonly #outbox: Outbox<H>;
@@ -381,6 +436,15 @@ export class Broker<H> {
   readonly #auth: AuthRules;
   /** Remote members by instance, to drop them all when an instance dies. */
   readonly #remote = new Map<string, Set<string>>();
+  /** Sessions by their current token. */
+  readonly #sessions = new Map<string, Session<H>>();
+  /**
+   * Sessions in grace, in the order their grace began: with one grace for
+   * all, that is the order they end in, so expiring is a walk from the front.
+   */
+  readonly #grace = new Set<Session<H>>();
+  /** When the pending tick is due (broker clock), or -1. */
+  #tickAt = -1;
   /** Connections whose join the directory is claiming, by id (one claim each at a time). */
   readonly #claiming = new Map<number, Connection<H>>();
   readonly #random = new Uint8Array(48);
@@ -589,7 +653,170 @@ export class Broker<H> {
       case "prove":
         this.#prove(conn, call[1], call[2]);
         return;
+      case "session":
+        this.#session(conn);
+        return;
+      case "resume":
+        this.#resume(conn, call[1]);
+        return;
     }
+  }
+
+  /** Sessions held (attached or in grace). */
+  get sessions(): number {
+    return this.#sessions.size;
+  }
+
+  /** Sessions whose socket is gone and whose grace runs. */
+  get sessionsInGrace(): number {
+    return this.#grace.size;
+  }
+
+  /** A fresh session token. */
+  #sessionToken(): string {
+    const b = new Uint8Array(SESSION_TOKEN_BYTES);
+    this.#randomBytes(b);
+    return base64url(b);
+  }
+
+  /** `["session"]`: a session for this connection, or a fresh token for the one it has. */
+  #session(conn: Connection<H>): void {
+    if (this.limits.sessionGrace <= 0 || this.#outbox.schedule === undefined) {
+      this.#fail(conn, "session", "unavailable", "sessions are off on this server");
+      return;
+    }
+    let s = conn.session;
+    if (s === undefined) {
+      s = { token: "", conn, until: -1, kept: [], keptBytes: 0 };
+      conn.session = s;
+    } else this.#sessions.delete(s.token);
+    s.token = this.#sessionToken();
+    this.#sessions.set(s.token, s);
+    this.stats.sessions.opened++;
+    this.#send(conn, JSON.stringify(["session", s.token]), "session");
+  }
+
+  /**
+   * `["resume", token]`: takes over every global ident of the session's
+   * connection, atomically, with no `bye` or `stun` for anyone; the old
+   * socket, if still open, is closed with {@link RESUMED_ELSEWHERE}; the
+   * frames kept during the grace follow the reply, in order.
+   */
+  #resume(conn: Connection<H>, token: string): void {
+    const s = this.#sessions.get(token);
+    const refuse = (why: string) => {
+      this.stats.sessions.refused++;
+      this.#fail(conn, "resume", "forbidden", why);
+    };
+    if (s === undefined) return refuse("no such session (expired, used, or never issued)");
+    if (s.conn === conn) return refuse("this connection holds the session already");
+    if (conn.idents.size > 0 || conn.session !== undefined) {
+      return refuse("resume on a fresh connection, before it joins or asks for a session");
+    }
+    const old = s.conn;
+    // A resume must not widen what the new connection may do.
+    for (const m of old.idents.values()) {
+      const why = this.#forbidden(conn, m.ident, m.room.name, old.proven);
+      if (why !== undefined) return refuse(why);
+    }
+    this.#sessions.delete(token);
+    this.#grace.delete(s);
+    const wasAttached = !old.detached && !old.closed;
+    // The idents move as they are: rooms, pairs and peers see nothing.
+    for (const m of old.idents.values()) {
+      m.conn = conn;
+      conn.idents.set(m.g, m);
+    }
+    old.idents.clear();
+    for (const id of old.proven) conn.proven.add(id);
+    if (old.issued !== undefined) {
+      this.#issued.set(old.issued, conn);
+      conn.issued = old.issued;
+      old.issued = undefined;
+    }
+    const pairs = old.pairs;
+    old.pairs = 0;
+    this.#pairs(conn, pairs);
+    old.session = undefined;
+    s.conn = conn;
+    s.until = -1;
+    s.token = this.#sessionToken();
+    this.#sessions.set(s.token, s);
+    conn.session = s;
+    this.stats.sessions.resumed++;
+    const kept = s.kept.splice(0);
+    s.keptBytes = 0;
+    if (wasAttached) {
+      // Half-open: the old socket never learnt it was gone.
+      old.final = true;
+      this.#outbox.close(old.handle, RESUMED_ELSEWHERE, "session resumed elsewhere");
+      old.closed = true;
+      this.#connections--;
+      old.queue.clear();
+    } else old.closed = true;
+    const idents = [...conn.idents.keys()];
+    this.#send(conn, JSON.stringify(["resume", { token: s.token, idents }]), "resume");
+    for (const f of kept) this.#outbox.send(conn.handle, f);
+  }
+
+  /**
+   * The time a tick was asked for came: sessions whose grace ran out end
+   * now, as a close would have (their idents leave, and peers get `bye`).
+   */
+  tick(): void {
+    this.#tickAt = -1;
+    const now = this.#now();
+    for (const s of this.#grace) {
+      if (s.until > now) break;
+      this.#endSession(s, "expired");
+    }
+    this.#armTick();
+  }
+
+  /** Ends every session in grace at once (a graceful shutdown: peers get their `bye`). */
+  endSessions(): void {
+    for (const s of [...this.#grace]) this.#endSession(s, "expired");
+  }
+
+  #armTick(): void {
+    const first = this.#grace.values().next();
+    if (first.done) return;
+    const at = first.value.until;
+    if (this.#tickAt >= 0 && this.#tickAt <= at) return;
+    this.#tickAt = at;
+    this.#outbox.schedule!(Math.max(0, Math.ceil(at - this.#now())));
+  }
+
+  /** A session in grace ends: its idents leave their rooms, and nothing of it stays. */
+  #endSession(s: Session<H>, why: "expired" | "overflow"): void {
+    this.#grace.delete(s);
+    this.#sessions.delete(s.token);
+    this.stats.sessions[why]++;
+    const conn = s.conn;
+    conn.session = undefined;
+    conn.detached = false;
+    conn.closed = true;
+    s.kept.length = 0;
+    for (const m of conn.idents.values()) this.#remove(m);
+    if (conn.issued !== undefined) {
+      this.#issued.delete(conn.issued);
+      conn.issued = undefined;
+    }
+  }
+
+  /** Keeps a frame for a session in grace; past its bounds, the session ends. */
+  #keep(conn: Connection<H>, frame: string): void {
+    const s = conn.session!;
+    const l = this.limits;
+    if (
+      s.kept.length >= l.sessionBufferFrames || s.keptBytes + frame.length > l.sessionBufferBytes
+    ) {
+      this.#endSession(s, "overflow");
+      return;
+    }
+    s.kept.push(frame);
+    s.keptBytes += frame.length;
+    this.stats.sessions.kept++;
   }
 
   /** True when the connection may have TURN credentials. */
@@ -691,10 +918,27 @@ export class Broker<H> {
    * room (remaining members get `bye`) and nothing of it stays. Idempotent.
    */
   close(conn: Connection<H>): void {
-    if (conn.closed) return;
+    if (conn.closed || conn.detached) return;
+    const s = conn.session;
+    if (s !== undefined && !conn.final && this.limits.sessionGrace > 0) {
+      // Its idents stay held for the grace; what peers send it is kept.
+      conn.detached = true;
+      this.#connections--;
+      conn.queue.clear();
+      conn.wait = "none";
+      s.until = this.#now() + this.limits.sessionGrace;
+      this.#grace.add(s);
+      this.stats.sessions.detached++;
+      this.#armTick();
+      return;
+    }
     conn.closed = true;
     this.#connections--;
     conn.queue.clear();
+    if (s !== undefined) {
+      this.#sessions.delete(s.token);
+      conn.session = undefined;
+    }
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
       this.#issued.delete(conn.issued);
@@ -781,7 +1025,12 @@ export class Broker<H> {
   }
 
   /** Why `conn` may not join `room` as `ident`, or undefined when it may. */
-  #forbidden(conn: Connection<H>, ident: string, room: string): string | undefined {
+  #forbidden(
+    conn: Connection<H>,
+    ident: string,
+    room: string,
+    proven: Set<string> = conn.proven,
+  ): string | undefined {
     const grant = conn.grant;
     if (this.#auth.protectedRoom(room) && (grant === null || !grant.room(room))) {
       return grant === null
@@ -789,7 +1038,7 @@ export class Broker<H> {
         : `the token does not grant room ${room}`;
     }
     if (grant !== null && !grant.ident(ident)) return `the token does not grant ident ${ident}`;
-    if (this.#auth.proofRoom(room) && !conn.proven.has(ident)) {
+    if (this.#auth.proofRoom(room) && !proven.has(ident)) {
       return `room ${room} needs an ident proven by its key on this connection`;
     }
     return undefined;
@@ -1055,7 +1304,8 @@ export class Broker<H> {
   #send(conn: Connection<H>, frame: string, type: OutType): void {
     if (conn.closed) return;
     this.stats.framesOut[type]++;
-    this.#outbox.send(conn.handle, frame);
+    if (conn.detached) this.#keep(conn, frame);
+    else this.#outbox.send(conn.handle, frame);
   }
 
   #fail(conn: Connection<H>, call: string, code: ErrorCode, detail: string): void {
@@ -1064,6 +1314,9 @@ export class Broker<H> {
   }
 
   #close(conn: Connection<H>, code: number, reason: string): void {
+    // A connection the broker closes (abuse, too large, expired token) has
+    // no grace: its session ends with it.
+    conn.final = true;
     this.#outbox.close(conn.handle, code, reason);
     this.close(conn);
   }

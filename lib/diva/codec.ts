@@ -21,7 +21,9 @@ export type Call =
   | readonly ["ping"]
   | readonly ["auth", string]
   | readonly ["challenge"]
-  | readonly ["prove", string, string];
+  | readonly ["prove", string, string]
+  | readonly ["session"]
+  | readonly ["resume", string];
 
 /** Every call name the server knows, in the order metrics list them. */
 export const CALL_NAMES = [
@@ -34,6 +36,8 @@ export const CALL_NAMES = [
   "auth",
   "challenge",
   "prove",
+  "session",
+  "resume",
 ] as const;
 
 /** One of {@link CALL_NAMES}. */
@@ -74,6 +78,8 @@ export const OUT_TYPES = [
   "auth",
   "challenge",
   "prove",
+  "session",
+  "resume",
 ] as const;
 
 /** One of {@link OUT_TYPES}. */
@@ -187,11 +193,17 @@ export function decode(frame: string | Uint8Array): Call | Fault {
     case "ice":
     case "ping":
     case "challenge":
+    case "session":
       if (n !== 1) return badArgs(v[0], `expected ["${v[0]}"] with no arguments`);
       return v as unknown as Call;
     case "auth":
       if (n !== 2 || typeof v[1] !== "string" || v[1] === "") {
         return badArgs("auth", 'expected ["auth", token]');
+      }
+      return v as unknown as Call;
+    case "resume":
+      if (n !== 2 || typeof v[1] !== "string" || v[1] === "" || v[1].length > 256) {
+        return badArgs("resume", 'expected ["resume", token]');
       }
       return v as unknown as Call;
     case "prove":

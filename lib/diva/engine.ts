@@ -60,6 +60,8 @@ export interface DivaOptions {
 export interface DivaEngine extends Engine<Connection<Link>> {
   /** The broker behind the engine. */
   readonly broker: Broker<Link>;
+  /** Ends every session in grace (their peers get `bye`) and stops the engine's timer. */
+  stop(): void;
 }
 
 /**
@@ -115,8 +117,17 @@ export function divaEngine(options: DivaOptions): DivaEngine {
       ? Infinity
       : now() + (grant.expiresAt + skewMs - Date.now()),
   });
+  /** The one timer that ends sessions' grace (the broker asks for the next one). */
+  let tickTimer: ReturnType<typeof setTimeout> | undefined;
   const broker: Broker<Link> = new Broker<Link>({
     outbox: {
+      schedule(delayMs) {
+        clearTimeout(tickTimer);
+        tickTimer = setTimeout(() => {
+          tickTimer = undefined;
+          broker.tick();
+        }, Math.min(delayMs, 2 ** 31 - 1));
+      },
       send: (link, frame) => link.send(frame),
       close: (link, code, reason) => link.close(code, reason),
       wake: (link, _conn, delayMs) => link.wake(Math.min(delayMs, MAX_WAKE_MS)),
@@ -169,6 +180,11 @@ export function divaEngine(options: DivaOptions): DivaEngine {
     oversize: (conn) => broker.tooLarge(conn),
     wake: (conn) => broker.wake(conn),
     close: (conn) => broker.close(conn),
+    stop() {
+      broker.endSessions();
+      clearTimeout(tickTimer);
+      tickTimer = undefined;
+    },
     get connections() {
       return broker.connections;
     },
@@ -244,6 +260,23 @@ export function divaMetrics(broker: Broker<unknown>): MetricFamily[] {
       help:
         "Client frames that waited in their connection's queue (budget, cluster claim or ice answer)",
       samples: one(s.framesDelayed),
+    },
+    {
+      name: "signal_sessions",
+      type: "gauge",
+      help: "Resumable sessions held, and those whose socket is gone and whose grace runs",
+      samples: [[{ state: "held" }, broker.sessions], [{ state: "grace" }, broker.sessionsInGrace]],
+    },
+    {
+      name: "signal_session_events_total",
+      type: "counter",
+      help:
+        "Session events: opened, detached (grace began), resumed, refused, expired, overflow, kept (frames)",
+      samples: labelled(
+        "event",
+        ["opened", "detached", "resumed", "refused", "expired", "overflow", "kept"] as const,
+        s.sessions,
+      ),
     },
     {
       name: "signal_queue_closed_total",

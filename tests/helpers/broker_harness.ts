@@ -92,6 +92,8 @@ export function harness(options: HarnessOptions = {}): Harness {
   let taken = 0;
   /** Pending wakes: when each connection asked to be woken. */
   const wakes = new Map<string, number>();
+  /** When the broker asked to be ticked, or -1. */
+  let tickAt = -1;
   const broker = new Broker<string>({
     outbox: {
       send: (to, frame) => effects.push({ kind: "send", to, frame }),
@@ -101,6 +103,10 @@ export function harness(options: HarnessOptions = {}): Harness {
           options.recordTurn ? { kind: "ice", to, ident, turn } : { kind: "ice", to, ident },
         ),
       ask: (to, _conn, question) => effects.push({ kind: "ask", to, question }),
+      // The broker's own timer (sessions' grace): not an effect on any connection.
+      schedule: (delayMs) => {
+        tickAt = clock.now + delayMs;
+      },
       wake: (to, _conn, delayMs) => {
         const at = clock.now + delayMs;
         wakes.set(to, at);
@@ -156,6 +162,12 @@ export function harness(options: HarnessOptions = {}): Harness {
       for (;;) {
         let next: [string, number] | undefined;
         for (const w of wakes) if (w[1] <= end && (next === undefined || w[1] < next[1])) next = w;
+        if (tickAt >= 0 && tickAt <= end && (next === undefined || tickAt <= next[1])) {
+          if (tickAt > clock.now) clock.now = tickAt;
+          tickAt = -1;
+          h.broker.tick();
+          continue;
+        }
         if (next === undefined) break;
         wakes.delete(next[0]);
         if (next[1] > clock.now) clock.now = next[1];
