@@ -1,170 +1,119 @@
 /**
  * The bare relay: the least a WebSocket relay on Deno can do, as the upper
- * bound the signal server is measured against.
+ * bound the signal server is measured against, on each transport candidate.
  *
- * It sends the same frames the protocol asks for, with none of its checks or
- * bookkeeping beyond one `Map` of rooms and one of holders:
+ * The relay logic is {@link RelayCore} (`relay_core.ts`): `ident`, `join`
+ * with its `stun` announcements, and signals forwarded by one `Map` lookup on
+ * their `to`, with no parsing and no checks. Only the transport changes:
  *
- * - `["ident"]` is answered `["ident", id]` with 24 random lowercase letters
- *   (no uniqueness check);
- * - `["join", ident, room]` registers `room:ident`, answers
- *   `["join", "room:ident"]`, and announces the new pair to each member `T`
- *   already in the room (`T` gets `["stun", T, g, false]`, the joiner
- *   `["stun", g, T, true]`), so a join storm costs the bound as many frames as
- *   it costs the server; a closed socket leaves its rooms silently (no `bye`);
- * - a frame starting `["signal","from","to",` is forwarded unchanged (idents
- *   not swapped) to whoever holds `to`, found by scanning the prefix — no JSON
- *   parse, no checks.
- *
- * Outgoing frames are built by string concatenation of names quoted once at
- * join time.
+ * - `deno` (target `bound`): `Deno.serve` + `Deno.upgradeWebSocket`
+ *   (`idleTimeout: 0`), the bound of every earlier run;
+ * - `own` (target `bound-own`): the project's own transport,
+ *   `lib/transport/own` `serve` + `upgradeWebSocket` on `Deno.listen`, with
+ *   its defaults (16 reads per turn, 5 s header timeout, 1 MiB messages) and
+ *   no connection caps;
+ * - `node` (target `bound-node`): `node:http` + `npm:ws@8` under Deno, with
+ *   `maxPayload` 1 MiB and `server.headersTimeout` 5 s (`bare_relay_node.ts`);
+ * - `node-deno` (no benchmark target): `node:http` for the handshake, then
+ *   `Deno.upgradeWebSocket(req, { socket, head })` on its socket: Deno's own
+ *   WebSocket behind Node's HTTP parser (`bare_relay_node.ts`). Deno 2.9.6
+ *   loses client frames sent right after the handshake on this path
+ *   (docs/performance.md, upstream notes), so it is not benchmarked;
+ * - `workers` (target `bound-workers`): `--workers N` Deno workers, each with
+ *   its own event loop and `Deno.serve({ reusePort: true })` on the same
+ *   port, sharing rooms through a directory in the main isolate
+ *   (`bare_relay_workers.ts`).
  *
  * ```sh
- * deno run --allow-net bench/bare_relay.ts --port 4000 --host 127.0.0.1
+ * deno run --allow-net bench/bare_relay.ts --port 4000 --transport own
+ * deno run --allow-net --allow-read --allow-env --no-lock bench/bare_relay.ts --transport node
+ * deno run --allow-net --allow-read --unstable-net bench/bare_relay.ts --transport workers --workers 2
  * ```
+ *
+ * (`node` loads `npm:ws` at run time: `--no-lock` keeps it out of
+ * `deno.lock`; `workers` needs `--unstable-net` for `reusePort`.)
+ *
+ * `--read-stats` prints to stderr once a second how many sockets were read
+ * from and how many were not read at all (docs/performance.md, the P=500
+ * starvation).
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { SILENT_LOGGER } from "../lib/transport/own/counters.ts";
+import { serve as ownServe, upgradeWebSocket as ownUpgrade } from "../lib/transport/own/server.ts";
+import { startNodeRelay } from "./bare_relay_node.ts";
+import { startWorkerRelay } from "./bare_relay_workers.ts";
+import { LocalRooms, RelayCore } from "./relay_core.ts";
+import {
+  type BareRelay,
+  type BareRelayOptions,
+  LIMITS,
+  readStatsTimer,
+  serveOnDeno,
+  type Transport,
+  TRANSPORTS,
+  wireWebSocket,
+} from "./relay_serve.ts";
 
-const SIGNAL = '["signal","';
+export { type BareRelay, type BareRelayOptions, type Transport, TRANSPORTS };
 
-/** Letters in an issued ident, as many as the server's. */
-const IDENT_LETTERS = 24;
-
-/** A room member: its global ident as JSON text, and its socket. */
-interface Member {
-  q: string;
-  socket: WebSocket;
-}
-
-/** What a socket holds, so its close can undo it. */
-interface Held {
-  g: string;
-  room: string;
-  member: Member;
-}
-
-/** A running bare relay. */
-export interface BareRelay {
-  /** The port bound. */
-  readonly port: number;
-  /** Stops listening and closes every socket. */
-  shutdown(): Promise<void>;
-}
-
-/**
- * Starts the bare relay on `host:port` (port 0 picks a free one). With
- * `readStats`, it prints to stderr once a second how many sockets it read
- * from and how many it did not read at all (see README: Performance, the
- * P=500 starvation).
- */
-export function startBareRelay(host: string, port: number, readStats = false): BareRelay {
-  const holders = new Map<string, WebSocket>();
-  const rooms = new Map<string, Member[]>();
-  const sockets = new Set<WebSocket>();
-  const random = new Uint8Array(IDENT_LETTERS);
-  /** Frames read per socket since the last report (only with `readStats`). */
-  const reads: number[] = [];
-  const statsTimer = readStats
-    ? setInterval(() => {
-      let idle = 0, total = 0;
-      for (let i = 0; i < reads.length; i++) {
-        if (reads[i] === 0) idle++;
-        total += reads[i];
-        reads[i] = 0;
-      }
-      if (reads.length > 0) {
-        console.error(
-          `read stats: ${reads.length} sockets, ${reads.length - idle} read from, ` +
-            `${idle} not read at all, ${total} frames in 1 s`,
-        );
-      }
-    }, 1000)
-    : undefined;
-
-  function ident(): string {
-    crypto.getRandomValues(random);
-    let s = "";
-    for (let i = 0; i < IDENT_LETTERS; i++) s += String.fromCharCode(0x61 + (random[i] % 26));
-    return s;
-  }
-
-  function join(socket: WebSocket, held: Held[], ident: string, room: string): void {
-    const g = room + ":" + ident;
-    // Quoted once here so every frame below is plain concatenation.
-    const q = JSON.stringify(g);
-    const me: Member = { q, socket };
-    holders.set(g, socket);
-    let members = rooms.get(room);
-    if (members === undefined) rooms.set(room, members = []);
-    held.push({ g, room, member: me });
-    socket.send('["join",' + q + "]");
-    for (const t of members) {
-      t.socket.send('["stun",' + t.q + "," + q + ",false]");
-      socket.send('["stun",' + q + "," + t.q + ",true]");
-    }
-    members.push(me);
-  }
-
-  function handler(req: Request): Response {
+function serveOnOwn(core: RelayCore, o: BareRelayOptions): BareRelay {
+  const server = ownServe({
+    hostname: o.host,
+    port: o.port,
+    logger: SILENT_LOGGER,
+    // The load comes from one address, and the bound has no caps.
+    maxConnections: 1_000_000,
+    maxConnectionsPerAddress: 0,
+    headerTimeoutMs: LIMITS.headerTimeoutMs,
+    readsPerTurn: o.readsPerTurn,
+    webSocket: { maxMessageBytes: LIMITS.maxMessageBytes },
+  }, (req) => {
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return new Response("bare relay\n");
     }
-    const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-    const held: Held[] = [];
-    socket.onopen = () => sockets.add(socket);
-    const index = reads.length;
-    if (readStats) reads.push(0);
-    socket.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
-      if (readStats) reads[index]++;
-      const d = e.data;
-      if (typeof d !== "string") return;
-      if (d.startsWith(SIGNAL)) {
-        const fromEnd = d.indexOf('"', SIGNAL.length);
-        const toEnd = d.indexOf('"', fromEnd + 3);
-        holders.get(d.slice(fromEnd + 3, toEnd))?.send(d);
-        return;
-      }
-      if (d === '["ident"]') {
-        socket.send('["ident","' + ident() + '"]');
-        return;
-      }
-      // Joins are rare next to signals; parsing them keeps this short.
-      let v: unknown;
-      try {
-        v = JSON.parse(d);
-      } catch {
-        return;
-      }
-      if (Array.isArray(v) && v[0] === "join" && v.length === 3) {
-        join(socket, held, String(v[1]), String(v[2]));
-      } else if (Array.isArray(v) && v[0] === "ping") {
-        socket.send('["pong"]');
-      }
-    };
-    socket.onclose = () => {
-      sockets.delete(socket);
-      for (const h of held) {
-        if (holders.get(h.g) === socket) holders.delete(h.g);
-        const members = rooms.get(h.room);
-        if (members === undefined) continue;
-        const i = members.indexOf(h.member);
-        if (i !== -1) members.splice(i, 1);
-        if (members.length === 0) rooms.delete(h.room);
-      }
-    };
-    socket.onerror = () => {/* a close event follows */};
+    const { socket, response } = ownUpgrade(req, { idleTimeout: 0 });
+    wireWebSocket(core, socket);
     return response;
-  }
-
-  const server = Deno.serve({ hostname: host, port, onListen() {} }, handler);
+  });
   return {
-    port: (server.addr as Deno.NetAddr).port,
+    port: server.addr.port,
     async shutdown() {
-      clearInterval(statsTimer);
-      for (const s of sockets) s.close(1001, "shutting down");
+      core.closeAll();
+      await server.shutdown();
+    },
+  };
+}
+
+/**
+ * Starts the bare relay on `host:port` over `transport`; resolves once it
+ * listens (for `workers`, once every worker listens).
+ */
+export async function startBareRelay(o: BareRelayOptions): Promise<BareRelay> {
+  const transport = o.transport ?? "deno";
+  if (transport === "workers") {
+    return await startWorkerRelay(o);
+  }
+  if (transport === "node" || transport === "node-deno") {
+    return await startNodeRelay(o, transport === "node" ? "ws" : "deno");
+  }
+  const core = new RelayCore(new LocalRooms(), o.readStats);
+  const stopStats = o.readStats ? readStatsTimer(core) : () => {};
+  if (transport === "own") {
+    const relay = serveOnOwn(core, o);
+    return {
+      port: relay.port,
+      shutdown: () => (stopStats(), relay.shutdown()),
+    };
+  }
+  const server = serveOnDeno(core, { host: o.host, port: o.port });
+  return {
+    port: server.addr.port,
+    async shutdown() {
+      stopStats();
+      core.closeAll();
       await server.shutdown();
     },
   };
@@ -176,12 +125,34 @@ if (import.meta.main) {
     options: {
       port: { type: "string", default: "0" },
       host: { type: "string", default: "127.0.0.1" },
+      transport: { type: "string", default: "deno" },
+      workers: { type: "string", default: "1" },
+      "reads-per-turn": { type: "string" },
       "read-stats": { type: "boolean", default: false },
     },
     strict: true,
   });
-  const relay = startBareRelay(values.host, Number(values.port), values["read-stats"]);
-  const stop = () => relay.shutdown().then(() => Deno.exit(0));
+  const transport = values.transport as Transport;
+  if (!TRANSPORTS.includes(transport)) {
+    console.error(`bare relay: --transport is one of ${TRANSPORTS.join(", ")}`);
+    Deno.exit(2);
+  }
+  const workers = Number(values.workers);
+  if (!Number.isInteger(workers) || workers < 1) {
+    console.error("bare relay: --workers is a whole number ≥ 1");
+    Deno.exit(2);
+  }
+  const relay = await startBareRelay({
+    host: values.host,
+    port: Number(values.port),
+    transport,
+    readStats: values["read-stats"],
+    workers,
+    readsPerTurn: values["reads-per-turn"] === undefined
+      ? undefined
+      : Number(values["reads-per-turn"]),
+  });
+  const stop = () => relay.shutdown().finally(() => Deno.exit(0));
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
 }

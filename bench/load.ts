@@ -652,12 +652,210 @@ export class JoinShard {
   }
 }
 
+// ---------------------------------------------------------------- PeerJS relay
+
+/** Parameters of a PeerJS relay shard: as {@link RelayParams}, on the PeerJS wire. */
+export type PeerjsRelayParams = Omit<RelayParams, "partnerUrl">;
+
+/** How often each PeerJS client sends `HEARTBEAT`, as the real client does, ms. */
+const PEERJS_HEARTBEAT_MS = 5000;
+
+interface PjPeer {
+  ws: WebSocket;
+  id: string;
+  partner: PjPeer;
+  /** The `CANDIDATE` text up to the sequence number. */
+  prefix: string;
+  /** Last sequence number sent to the partner. */
+  sent: number;
+  /** Last sequence number received from the partner. */
+  received: number;
+  /** Send times of the messages in flight, by sequence number. */
+  sentAt: Float64Array;
+  delivered: number;
+  ready: boolean;
+}
+
+/**
+ * Pairs of PeerJS clients (plain WebSockets on the PeerJS wire: they connect
+ * to `<url>?key=peerjs&id=…&token=…` and wait for `OPEN`), each keeping
+ * `window` `CANDIDATE` messages in flight to its partner by sending anew
+ * for each one it receives (a closed loop, as {@link RelayShard}). The
+ * server relays each as `{type, src, dst, payload}`: the generator reads
+ * only the sequence number and send time, which end the payload. The same
+ * frames work against `peer` 1.0.2 (the reference) and the project.
+ */
+export class PeerjsRelayShard {
+  readonly #p: PeerjsRelayParams;
+  readonly #peers: PjPeer[] = [];
+  readonly #hist = new Histogram();
+  readonly #ring: number;
+  #sending = false;
+  #measuring = false;
+  #closing = false;
+  #outOfOrder = 0;
+  #errors = 0;
+  #ready: PromiseWithResolvers<void> = Promise.withResolvers<void>();
+  #notReady = 0;
+  #lastDelivery = 0;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
+
+  /** A shard; nothing is connected until {@link setup}. */
+  constructor(params: PeerjsRelayParams) {
+    this.#p = params;
+    this.#ring = 2 * params.window + 1;
+  }
+
+  /** Connects every client and settles once each was sent `OPEN`. */
+  async setup(): Promise<void> {
+    const p = this.#p;
+    const data = candidateData(p.bytes);
+    const n = p.pairs * 2;
+    this.#notReady = n;
+    for (let k = 0; k < p.pairs; k++) {
+      const base = `bench-${p.nonce}-j${p.firstPair + k}`;
+      const a = this.#peer(`${base}a`);
+      const b = this.#peer(`${base}b`);
+      a.partner = b;
+      b.partner = a;
+      for (const x of [a, b]) {
+        // The payload is ICE-candidate-like; its last fields are the sequence number and time.
+        x.prefix = `{"type":"CANDIDATE","dst":"${x.partner.id}","payload":${data},"s":`;
+        this.#peers.push(x);
+      }
+    }
+    const url = (i: number) => {
+      const q = new URLSearchParams({
+        key: "peerjs",
+        id: this.#peers[i].id,
+        token: nonce(),
+        version: "1.5.5",
+      });
+      return `${p.url}?${q}`;
+    };
+    const work = connectMany(url, n, p.concurrency, (i, ws) => {
+      const peer = this.#peers[i];
+      peer.ws = ws;
+      ws.onmessage = (e) => this.#onMessage(peer, e.data as string);
+    }).then(() => this.#ready.promise);
+    await within(work, p.setupTimeoutMs, `PeerJS relay setup of ${n} clients`);
+    this.#heartbeat = setInterval(() => {
+      for (const peer of this.#peers) peer.ws.send('{"type":"HEARTBEAT"}');
+    }, PEERJS_HEARTBEAT_MS);
+  }
+
+  #peer(id: string): PjPeer {
+    return {
+      ws: undefined as unknown as WebSocket,
+      id,
+      partner: undefined as unknown as PjPeer,
+      prefix: "",
+      sent: 0,
+      received: 0,
+      sentAt: new Float64Array(this.#ring),
+      delivered: 0,
+      ready: false,
+    };
+  }
+
+  #send(peer: PjPeer): void {
+    const s = ++peer.sent;
+    const t = clock();
+    peer.sentAt[s % this.#ring] = t;
+    peer.ws.send(peer.prefix + s + ',"t":' + t + "}}");
+  }
+
+  #onMessage(peer: PjPeer, d: string): void {
+    if (d.startsWith('{"type":"CANDIDATE"')) {
+      // '…,"s":123,"t":1732541234567.891}}': the payload's last two fields.
+      const i = d.lastIndexOf(',"s":');
+      const j = d.indexOf(',"t":', i);
+      const s = Number(d.slice(i + 5, j));
+      const t = Number(d.slice(j + 5, d.indexOf("}", j)));
+      if (s !== peer.received + 1) this.#outOfOrder++;
+      peer.received = s;
+      const now = clock();
+      this.#lastDelivery = now;
+      if (this.#measuring) {
+        this.#hist.record((now - t) * 1000);
+        peer.delivered++;
+      }
+      if (this.#sending) this.#send(peer);
+      return;
+    }
+    if (d.startsWith('{"type":"OPEN"') && !peer.ready) {
+      peer.ready = true;
+      if (--this.#notReady === 0) this.#ready.resolve();
+      return;
+    }
+    // ERROR, ID-TAKEN, or an EXPIRE (the partner was not there): all count as errors.
+    if (!this.#closing && this.#errors++ < 3) console.error(`PeerJS client ${peer.id} got ${d}`);
+  }
+
+  /** Starts the closed loop: every client sends its window. */
+  start(): void {
+    this.#sending = true;
+    for (const peer of this.#peers) {
+      for (let k = 0; k < this.#p.window; k++) this.#send(peer);
+    }
+  }
+
+  /** Forgets what was counted so far and starts counting. */
+  beginWindow(): void {
+    this.#hist.reset();
+    for (const peer of this.#peers) peer.delivered = 0;
+    this.#measuring = true;
+  }
+
+  /** Stops counting and returns the window's figures. */
+  endWindow(): RelayWindow {
+    this.#measuring = false;
+    const now = clock();
+    let oldest = 0;
+    for (const peer of this.#peers) {
+      const next = peer.partner.received + 1;
+      if (next <= peer.sent) oldest = Math.max(oldest, now - peer.sentAt[next % this.#ring]);
+    }
+    return {
+      delivered: this.#peers.map((x) => x.delivered),
+      histogram: this.#hist.toJSON(),
+      oldestInFlightMs: oldest,
+      outOfOrder: this.#outOfOrder,
+      errors: this.#errors,
+    };
+  }
+
+  /**
+   * Stops sending and waits (at most `drainTimeoutMs`) until every message
+   * sent has reached the partner: what is still missing then was lost.
+   */
+  async drain(drainTimeoutMs = 5000): Promise<YRelayDrain> {
+    this.#sending = false;
+    const stopped = clock();
+    const lost = () => this.#peers.reduce((a, x) => a + x.sent - x.partner.received, 0);
+    for (let waited = 0; waited < drainTimeoutMs && lost() > 0; waited += 10) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return { lost: lost(), lostEchoes: 0, drainMs: Math.max(0, this.#lastDelivery - stopped) };
+  }
+
+  /** Stops sending and closes every client. */
+  async teardown(): Promise<void> {
+    this.#sending = false;
+    this.#measuring = false;
+    this.#closing = true;
+    clearInterval(this.#heartbeat);
+    await closeAll(this.#peers.map((x) => x.ws).filter((ws) => ws !== undefined));
+  }
+}
+
 // ---------------------------------------------------------------- shards
 
 /** What a shard is made from. */
 export type ShardSpec =
   | { type: "relay"; params: RelayParams }
   | { type: "yrelay"; params: YRelayParams }
+  | { type: "pjrelay"; params: PeerjsRelayParams }
   | { type: "join"; params: JoinParams };
 
 /** The calls a driver makes on a shard, with their results. */
@@ -670,7 +868,7 @@ export interface ShardCalls {
   beginWindow: void;
   /** {@link RelayShard.endWindow}. */
   endWindow: RelayWindow;
-  /** {@link YRelayShard.drain}. */
+  /** {@link YRelayShard.drain} or {@link PeerjsRelayShard.drain}. */
   drain: YRelayDrain;
   /** {@link JoinShard.run}. */
   run: JoinResult;
@@ -679,7 +877,7 @@ export interface ShardCalls {
 }
 
 /** A shard of any type. */
-export type Shard = RelayShard | YRelayShard | JoinShard;
+export type Shard = RelayShard | YRelayShard | PeerjsRelayShard | JoinShard;
 
 /** Builds the shard `spec` describes. */
 export function makeShard(spec: ShardSpec): Shard {
@@ -688,6 +886,8 @@ export function makeShard(spec: ShardSpec): Shard {
       return new RelayShard(spec.params);
     case "yrelay":
       return new YRelayShard(spec.params);
+    case "pjrelay":
+      return new PeerjsRelayShard(spec.params);
     case "join":
       return new JoinShard(spec.params);
   }
@@ -699,7 +899,10 @@ export async function dispatch<M extends keyof ShardCalls>(
   method: M,
 ): Promise<ShardCalls[M]> {
   if (method === "teardown") return await shard.teardown() as ShardCalls[M];
-  if (shard instanceof RelayShard || shard instanceof YRelayShard) {
+  if (
+    shard instanceof RelayShard || shard instanceof YRelayShard ||
+    shard instanceof PeerjsRelayShard
+  ) {
     switch (method) {
       case "setup":
         return await shard.setup() as ShardCalls[M];
@@ -710,7 +913,9 @@ export async function dispatch<M extends keyof ShardCalls>(
       case "endWindow":
         return shard.endWindow() as ShardCalls[M];
       case "drain":
-        if (shard instanceof YRelayShard) return await shard.drain() as ShardCalls[M];
+        if (shard instanceof YRelayShard || shard instanceof PeerjsRelayShard) {
+          return await shard.drain() as ShardCalls[M];
+        }
     }
   } else if (method === "run") return await shard.run() as ShardCalls[M];
   throw new Error(`a ${shard.constructor.name} has no ${method}`);

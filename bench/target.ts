@@ -7,15 +7,55 @@
  * @module
  */
 
+/** The bare relay on each transport candidate, by target name (see `bare_relay.ts`). */
+export const BOUNDS = {
+  bound: "deno",
+  "bound-own": "own",
+  "bound-node": "node",
+  "bound-workers": "workers",
+} as const;
+
+/** A bare relay target: `bound` (Deno.serve) or one of the other transport candidates. */
+export type BoundName = keyof typeof BOUNDS;
+
 /** Which server a run measures. */
-export type TargetName = "server" | "bound" | "defaults" | "reference";
+export type TargetName = "server" | "defaults" | "reference" | "peerjs-reference" | BoundName;
+
+/** Every target name, in the order `--targets` lists them by default. */
+export const TARGET_NAMES: readonly TargetName[] = [
+  "bound",
+  "bound-own",
+  "bound-node",
+  "bound-workers",
+  "server",
+  "defaults",
+  "reference",
+  "peerjs-reference",
+];
+
+/** True for the bare relay on any transport. */
+export function isBound(name: string): name is BoundName {
+  return Object.hasOwn(BOUNDS, name);
+}
+
+/** CPUs in a `taskset -c` list such as `0`, `0-1` or `0,2-3` (0 when the list is empty). */
+export function cpusIn(list: string): number {
+  let n = 0;
+  for (const part of list.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+    const [a, b] = part.split("-").map(Number);
+    n += b === undefined ? 1 : b - a + 1;
+  }
+  return n;
+}
 
 /** A server the generator talks to. */
 export interface Target {
   /**
    * `server` is the project with shaping off, `defaults` the project with
-   * every setting at its default, `bound` the bare relay, `reference`
-   * y-webrtc's own signalling server under Node.
+   * every setting at its default, `bound` the bare relay on `Deno.serve`,
+   * `bound-own`, `bound-node` and `bound-workers` the same relay on the other
+   * transport candidates, `reference` y-webrtc's own signalling server under
+   * Node.
    */
   readonly name: TargetName;
   /** Its WebSocket URL. */
@@ -39,13 +79,27 @@ export interface StartOptions {
    * (default `/healthz`; a cluster instance is ready at `/readyz`).
    */
   readyPath?: string;
+  /**
+   * Worker isolates of `bound-workers` (default: the CPUs in {@link cpus},
+   * or every online CPU when not pinned).
+   */
+  workers?: number;
 }
 
 const ROOT = new URL("../", import.meta.url);
 
-/** The flags that make the server measurable: no rate limit, no small caps. */
+/**
+ * The flags that make the server measurable: no rate limit, no small caps
+ * (the own transport's connection caps included: all the load comes from
+ * 127.0.0.1, and its default of 256 per address refuses P=500 and the join
+ * storm).
+ */
 export const SERVER_FLAGS: readonly string[] = [
   "--rate",
+  "0",
+  "--max-connections",
+  "1000000",
+  "--max-connections-per-address",
   "0",
   "--log-level",
   "warning",
@@ -148,17 +202,42 @@ function freePort(): number {
   return port;
 }
 
-/** Starts the project's server (`server`) or the bare relay (`bound`) on a free loopback port. */
+/** Worker isolates `bound-workers` runs with these options. */
+export function boundWorkers(options: Pick<StartOptions, "cpus" | "workers">): number {
+  return options.workers ?? (cpusIn(options.cpus) || onlineCpus());
+}
+
+/**
+ * Starts the project's server (`server`, `defaults`) or the bare relay on one
+ * of the transports (`bound`, `bound-own`, `bound-node`, `bound-workers`) on
+ * a free loopback port.
+ */
 export async function startTarget(name: TargetName, options: StartOptions): Promise<Target> {
-  if (name === "reference") throw new Error("the reference server starts with startReference");
+  if (name === "reference" || name === "peerjs-reference") {
+    throw new Error("the reference servers start with startReference");
+  }
   const port = freePort();
-  const script = name === "bound"
+  const bound = isBound(name);
+  const script = bound
     ? new URL("bench/bare_relay.ts", ROOT).pathname
     : new URL("main.ts", ROOT).pathname;
   const flags = name === "server"
     ? [...SERVER_FLAGS, ...options.serverFlags ?? []]
     : name === "defaults"
     ? DEFAULTS_FLAGS
+    : bound
+    ? [
+      "--transport",
+      BOUNDS[name],
+      ...(name === "bound-workers" ? ["--workers", String(boundWorkers(options))] : []),
+    ]
+    : [];
+  // `reusePort` is still behind --unstable-net; `npm:ws` is loaded at run time
+  // and would otherwise be written into deno.lock (see bare_relay_node.ts).
+  const denoFlags = name === "bound-workers"
+    ? ["--unstable-net"]
+    : name === "bound-node"
+    ? ["--no-lock"]
     : [];
   const args = ["--port", String(port), "--host", "127.0.0.1", ...flags];
   return await launch(name, port, [
@@ -167,12 +246,13 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     "--allow-net",
     "--allow-env",
     "--allow-read",
+    ...denoFlags,
     ...options.denoFlags,
     script,
     ...args,
   ], {
     cpus: options.cpus,
-    health: name === "bound" ? "/" : options.readyPath ?? "/healthz",
+    health: bound ? "/" : options.readyPath ?? "/healthz",
   });
 }
 

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { LOG_LEVELS, type LogLevel } from "./log.ts";
 import { parseArgs } from "node:util";
 import { DEFAULT_LIMITS, type Limits } from "./diva/broker.ts";
 import { DEFAULT_PEERJS_LIMITS, peerjsWsPath } from "./peerjs/engine.ts";
@@ -118,11 +119,7 @@ export interface PeerjsSettings {
   queueBytes: number;
 }
 
-/** Log levels, most verbose first. */
-export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
-
-/** One of {@link LOG_LEVELS}. */
-export type LogLevel = typeof LOG_LEVELS[number];
+export { LOG_LEVELS, type LogLevel };
 
 /** A setting that cannot be used; the message names it. */
 export class ConfigError extends Error {

@@ -13,7 +13,7 @@ import type { AuthRules, Directory } from "./diva/broker.ts";
 import type { Config } from "./config.ts";
 import { type DivaEngine, divaEngine } from "./diva/engine.ts";
 import { logger } from "./log.ts";
-import { type PeerjsEngine, peerjsEngine } from "./peerjs/engine.ts";
+import { type PeerjsEngine, peerjsEngine, type PeerjsOptions } from "./peerjs/engine.ts";
 import type { Engine, Link, Mount } from "./transport/engine.ts";
 import { iceServers } from "./ice/turn.ts";
 import {
@@ -43,6 +43,8 @@ export interface EngineDeps {
   directory?: Directory<Link>;
   /** The bus y-webrtc publishes fan out on, in cluster mode (else one in memory). */
   ywebrtcBus?: YWebrtcOptions["bus"];
+  /** PeerJS's directory of ids, in cluster mode (else one in memory). */
+  peerjsDirectory?: PeerjsOptions["directory"];
   /** Verifies tokens (once its keys are imported), when keys are configured. */
   verifier?: Promise<TokenVerifier>;
 }
@@ -72,7 +74,9 @@ export function buildEngines(config: Config, deps: EngineDeps = {}): Engines {
     log: logger("diva"),
   });
   const l = config.limits;
+  const now = () => performance.now();
   const ywebrtc = ywebrtcEngine({
+    now,
     // Topics are y-webrtc's rooms: --auth-rooms protects them the same way.
     protectedTopic: rules.protectedRoom,
     bus: deps.ywebrtcBus,
@@ -88,10 +92,13 @@ export function buildEngines(config: Config, deps: EngineDeps = {}): Engines {
   });
   const p = config.peerjs;
   const peerjs = peerjsEngine({
+    now,
+    newId: () => crypto.randomUUID(),
     keys: p.keys,
     path: p.path,
     allowDiscovery: p.allowDiscovery,
     corsOrigins: config.allowedOrigins,
+    directory: deps.peerjsDirectory,
     // Shaping and its queue bounds are shared with DIVA (--rate 0 turns them off).
     limits: {
       concurrentLimit: p.concurrentLimit,

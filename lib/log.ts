@@ -12,7 +12,12 @@ import {
   type LogRecord,
   resetSync,
 } from "@logtape/logtape";
-import type { LogLevel } from "./config.ts";
+
+/** Log levels, most verbose first. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
+
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = typeof LOG_LEVELS[number];
 
 /** The logging calls the server makes: a message template and its values. */
 export interface Log {

@@ -56,7 +56,7 @@ export interface StartOptions {
    */
   cluster?: (
     options: BackplaneOptions,
-  ) => Backplane & Directory<Link> & Pick<EngineDeps, "ywebrtcBus">;
+  ) => Backplane & Directory<Link> & Pick<EngineDeps, "ywebrtcBus" | "peerjsDirectory">;
   /**
    * Milliseconds between samples of the status page's charts (default
    * 10 000: 360 samples make an hour). Tests shorten it.
@@ -119,6 +119,7 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     verifier,
     directory: cluster,
     ywebrtcBus: cluster?.ywebrtcBus,
+    peerjsDirectory: cluster?.peerjsDirectory,
   });
   const broker = engines.diva.broker;
   const backplane: Backplane | undefined = cluster;

@@ -1,12 +1,15 @@
 /**
  * Keeps the load benchmark from rotting: runs every workload with tiny sizes
  * against the real server and the bare relay (for the y-webrtc relay, y-webrtc's
- * own server under Node; for the cluster workload, a real redis-server with
- * two server instances), and checks that each JSON line has its fields with
- * sane values. No timing assertions: the numbers depend on the machine.
+ * own server under Node; for the PeerJS relay, `peer` 1.0.2 under Node; for the
+ * cluster workload, a real redis-server with two server instances), and checks
+ * that each JSON line has its fields with sane values. No timing assertions:
+ * the numbers depend on the machine.
  */
 
 import assert from "node:assert/strict";
+import { Directory } from "../bench/bare_relay_workers.ts";
+import { probe } from "../bench/probe_controls.ts";
 import { Histogram, jain } from "../bench/stats.ts";
 
 const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
@@ -185,6 +188,59 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
     }
   }
 
+  // PeerJS relay: peer 1.0.2 first, then the project (shaping off, then defaults).
+  const pjs = pick("peerjs");
+  const pjSkipped = pjs.find((l) => l.skipped !== undefined);
+  if (pjSkipped !== undefined) {
+    assert.ok(!CI, `CI must run the PeerJS reference server: ${pjSkipped.skipped}`);
+    assert.equal(pjSkipped.target, "peerjs-reference");
+    assert.match(String(pjSkipped.skipped), /node|peer/);
+    console.warn(`PeerJS reference skipped here: ${pjSkipped.skipped}`);
+  }
+  const pjRuns = pjs.filter((l) => l.skipped === undefined);
+  assert.deepEqual(
+    pjRuns.map((l) => l.target),
+    pjSkipped === undefined ? ["peerjs-reference", "server", "defaults"] : ["server", "defaults"],
+    stderr,
+  );
+  for (const l of pjRuns) {
+    assert.equal(l.pairs, 2, "--quick: 2 PeerJS pairs");
+    assert.equal(l.window, 2);
+    assert.ok(num(l, "delivered") > 0, `${l.target}: CANDIDATEs were delivered`);
+    assert.ok(num(l, "msgs_per_s") > 0);
+    const lat = obj(l, "latency_ms");
+    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
+    assert.ok(num(lat, "p99") <= num(lat, "max"));
+    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
+    const f = num(l, "fairness");
+    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+    assert.ok(num(obj(l, "per_peer"), "min") > 0, `${l.target}: every client got messages`);
+    assert.equal(l.out_of_order, 0, `${l.target}: each pair's messages arrive in order`);
+    assert.equal(l.errors, 0, `${l.target}: no ERROR, ID-TAKEN or EXPIRE`);
+    assert.equal(l.lost, 0, `${l.target}: every CANDIDATE reached the partner`);
+    assert.ok(num(l, "drain_ms") >= 0);
+    assert.ok(num(l, "server_cpu") >= 0);
+    assert.ok(num(l, "server_cpu_us_per_msg") >= 0);
+    assert.ok(num(l, "server_rss_bytes") > 0);
+  }
+  if (pjSkipped === undefined) {
+    const [ref] = pick("peerjs", "peerjs-reference");
+    const info = obj(ref, "reference");
+    assert.match(String(info.server), /^peer@1\.0\.2 dist\/bin\/peerjs\.js$/);
+    assert.match(String(info.node), /^v\d+\./);
+    assert.ok(["deno-cache", "npm-install"].includes(String(info.layout)));
+    assert.equal(ref.vs_reference, undefined);
+    for (const l of [...pick("peerjs", "server"), ...pick("peerjs", "defaults")]) {
+      const v = obj(l, "vs_reference");
+      assert.ok(num(v, "msgs_per_s") > 0, "the project's throughput as a ratio of peer's");
+      assert.ok(num(v, "server_cpu_us_per_msg") > 0);
+      assert.ok(num(v, "latency_p50") > 0);
+    }
+  }
+  // No other workload ran against peer, and PeerJS ran against no bare relay.
+  assert.ok(!lines.some((l) => l.bench !== "peerjs" && l.target === "peerjs-reference"));
+  assert.ok(!pjs.some((l) => String(l.target).startsWith("bound")));
+
   // Cluster: two instances on one real Redis; the relay across them, then within one.
   const clusters = pick("cluster");
   if (REDIS_MISSING) {
@@ -228,6 +284,217 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   const [cross] = clusters;
   assert.ok(num(obj(cross, "cpu"), "redis") > 0, "cross-instance signals pass through Redis");
   assert.ok(num(obj(cross, "cpu"), "instance2") > 0, "the partners sit on instance 2");
+});
+
+/** Runs `bench/main.ts` with `args` and returns its JSON lines (and stderr for messages). */
+async function runBench(args: string[]): Promise<{ lines: Line[]; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(180_000),
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `bench failed:\n${stderr}`);
+  const lines: Line[] = new TextDecoder().decode(out.stdout).split("\n")
+    .filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  return { lines, stderr };
+}
+
+const CANDIDATES = ["bound", "bound-own", "bound-node", "bound-workers"];
+
+Deno.test("bench --quick: every transport candidate runs the bare relay, with ratios of bound", async () => {
+  const { lines, stderr } = await runBench([
+    "--quick",
+    "--only",
+    "relay,join,idle",
+    "--targets",
+    CANDIDATES.join(","),
+  ]);
+  const pick = (bench: string) => lines.filter((l) => l.bench === bench);
+  const [meta] = pick("meta");
+  assert.equal(meta.bound_workers, 2, "--quick runs bound-workers on 2 workers, crossing the seam");
+
+  const relays = pick("relay");
+  assert.deepEqual(
+    relays.map((l) => `${l.target}:${l.pairs}`),
+    [2, 4].flatMap((p) => CANDIDATES.map((t) => `${t}:${p}`)),
+    stderr,
+  );
+  for (const l of relays) {
+    assert.ok(num(l, "delivered") > 0, `${l.target}: signals were delivered`);
+    // Every peer got signals: with two workers some pairs straddle them.
+    assert.ok(num(obj(l, "per_peer"), "min") > 0, `${l.target} P=${l.pairs}: no peer starved`);
+    const f = num(l, "fairness");
+    assert.ok(f > 0 && f <= 1);
+    assert.ok(num(l, "longest_wait_ms") >= num(obj(l, "latency_ms"), "max"));
+    assert.equal(l.out_of_order, 0, `${l.target}: each pair's signals arrive in order`);
+    assert.equal(l.errors, 0);
+    assert.ok(num(l, "server_cpu_us_per_msg") > 0, `${l.target}: the target's CPU is read`);
+    if (l.target === "bound") assert.equal(l.vs_bound, undefined);
+    else assert.ok(num(obj(l, "vs_bound"), "msgs_per_s") > 0, `${l.target}: ratio of bound`);
+    if (l.target === "bound-workers") assert.equal(l.workers, 2);
+  }
+
+  const joins = pick("join");
+  assert.deepEqual(joins.map((l) => l.target), CANDIDATES);
+  for (const l of joins) {
+    assert.equal(num(l, "stuns"), 80, `${l.target}: every expected stun arrived`);
+    assert.equal(l.errors, 0);
+    if (l.target !== "bound") assert.ok(num(obj(l, "vs_bound"), "total_s") > 0);
+  }
+  assert.deepEqual(pick("idle").map((l) => l.target), CANDIDATES);
+
+  const [table] = pick("transports");
+  assert.ok(table !== undefined, "the candidates' table is printed");
+  const rows = table.rows as Line[];
+  assert.deepEqual(rows.map((r) => r.target), CANDIDATES);
+  for (const r of rows) {
+    const rs = r.relays as Line[];
+    assert.deepEqual(rs.map((x) => x.pairs), [2, 4]);
+    // Quick sizes are not the issue's sizes: figures, no verdict.
+    for (const x of rs) {
+      assert.ok(num(x, "vs_bound") > 0);
+      assert.equal(x.meets, null);
+    }
+    assert.ok(num(obj(r, "join"), "vs_bound") > 0);
+  }
+  assert.match(stderr, /bound-workers \(2 workers\)/);
+});
+
+Deno.test("bare relay on two workers: stuns through the directory, signals across workers", async () => {
+  const port = (() => {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const p = (l.addr as Deno.NetAddr).port;
+    l.close();
+    return p;
+  })();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      "--allow-read",
+      "--allow-env",
+      "--unstable-net",
+      new URL("../bench/bare_relay.ts", import.meta.url).pathname,
+      "--port",
+      String(port),
+      "--transport",
+      "workers",
+      "--workers",
+      "2",
+      "--read-stats",
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let stats = "";
+  const reading = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (stats += t) }),
+  );
+  const sockets: WebSocket[] = [];
+  try {
+    const until = Date.now() + 20_000;
+    while (true) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/`);
+        await res.body?.cancel();
+        if (res.ok) break;
+      } catch {
+        // not listening yet
+      }
+      assert.ok(Date.now() < until, `the relay did not start: ${stats}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const PAIRS = 8, SIGNALS = 20;
+    const got: number[][] = [];
+    const ready: Promise<void>[] = [];
+    for (let i = 0; i < 2 * PAIRS; i++) {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+      sockets.push(ws);
+      got.push([]);
+      const stun = Promise.withResolvers<void>();
+      ready.push(stun.promise);
+      ws.onopen = () => ws.send(JSON.stringify(["join", `p${i % 2}`, `r${i >> 1}`]));
+      ws.onmessage = (e) => {
+        const d = String(e.data);
+        if (d.startsWith('["stun"')) stun.resolve();
+        else if (d.startsWith('["signal"')) got[i].push(JSON.parse(d)[3].k);
+      };
+    }
+    await Promise.all(ready);
+    for (let k = 0; k < SIGNALS; k++) {
+      for (let i = 0; i < 2 * PAIRS; i++) {
+        const room = `r${i >> 1}`;
+        sockets[i].send(JSON.stringify(["signal", `${room}:p${i % 2}`, `${room}:p${1 - i % 2}`, {
+          k,
+        }]));
+      }
+    }
+    const want = Array.from({ length: SIGNALS }, (_, k) => k);
+    const deadline = Date.now() + 10_000;
+    while (got.some((g) => g.length < SIGNALS) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    for (const g of got) assert.deepEqual(g, want, "every signal, in order");
+    // The read stats name what crossed: both workers served sockets, and signals crossed.
+    await new Promise((r) => setTimeout(r, 1200));
+    const crossed = [...stats.matchAll(/(\d+) signals sent to other workers/g)]
+      .reduce((a, m) => a + Number(m[1]), 0);
+    assert.match(stats, /worker 0\)/);
+    assert.match(stats, /worker 1\)/);
+    assert.ok(crossed > 0, `some pairs straddle the two workers:\n${stats}`);
+  } finally {
+    for (const ws of sockets) ws.close();
+    child.kill("SIGTERM");
+    await child.status;
+    await reading.catch(() => {});
+  }
+});
+
+Deno.test("workers' directory: owners before stuns, each worker told only what it needs", () => {
+  const posts: [number, unknown][] = [];
+  const d = new Directory((w, news) => posts.push([w, structuredClone(news)]));
+  d.join(0, "r:a", '"r:a"', "r");
+  // Compared as copies: deepEqual would narrow `posts` itself to the literal's type.
+  assert.deepEqual(posts.slice(), [], "alone in its room: nothing to tell");
+  d.join(1, "r:b", '"r:b"', "r");
+  assert.deepEqual(posts.slice(), [
+    [1, {
+      owners: [["r:a", 0]],
+      forget: [],
+      deliver: [["r:b", '["stun","r:b","r:a",true]']],
+    }],
+    [0, {
+      owners: [["r:b", 1]],
+      forget: [],
+      deliver: [["r:a", '["stun","r:a","r:b",false]']],
+    }],
+  ]);
+  posts.length = 0;
+  d.join(1, "r:c", '"r:c"', "r");
+  assert.deepEqual(posts.map(([w]) => w).sort(), [0, 1], "one message per worker");
+  const mine = posts.find(([w]) => w === 1)![1] as { owners: unknown[]; deliver: unknown[] };
+  assert.deepEqual(mine.owners, [["r:a", 0]], "a member on the same worker needs no owner");
+  assert.equal(mine.deliver.length, 3, "c's two stuns and b's one");
+  posts.length = 0;
+  d.leave("r:b", "r");
+  assert.deepEqual(posts.slice(), [[0, { owners: [], forget: ["r:b"], deliver: [] }]]);
+  assert.equal(d.size, 2);
+});
+
+Deno.test("controls: the own transport and node:http + ws cut slow heads and refuse big messages", async () => {
+  const [own, node] = await Promise.all([probe("bound-own", 8000), probe("bound-node", 8000)]);
+  for (const c of [own, node]) {
+    for (const p of [c.silent, c.slow_head]) {
+      assert.match(p.outcome, /^answered HTTP\/1\.1 408/, `${c.target}: ${JSON.stringify(p)}`);
+      assert.ok(p.after_s >= 4.5 && p.after_s < 7.5, `${c.target}: cut after ~5 s (${p.after_s})`);
+    }
+    assert.match(c.big_head.outcome, /^answered HTTP\/1\.1 431/);
+    assert.equal(c.big.outcome, "closed 1009", `${c.target}: the 2 MiB message is refused`);
+  }
 });
 
 Deno.test("bench histogram: quantiles within 2% of the exact ones, max exact, merge adds", () => {

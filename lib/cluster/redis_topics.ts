@@ -51,7 +51,10 @@ export interface RedisTopicsOptions {
  * @example
  * ```ts ignore
  * const link = new RedisTopics<YConn>({ url, id: backplane.id, maxSubscribersPerTopic: 256 });
- * const engine = ywebrtcEngine({ bus: (deliver, refuse) => link.topics.attach(deliver, refuse) });
+ * const engine = ywebrtcEngine({
+ *   now: () => performance.now(),
+ *   bus: (deliver, refuse) => link.topics.attach(deliver, refuse),
+ * });
  * link.registered(true); // once the backplane's heartbeat runs
  * await link.start();
  * ```

@@ -64,7 +64,9 @@ export type ErrorCode = typeof ERROR_CODES[number];
  * - `invalid-id`: an id longer than the server allows;
  * - `invalid-token`: a token longer than the server allows;
  * - `forbidden`: the bearer token the key carried does not grant the id;
- * - `limit`: the server holds as many ids as it may.
+ * - `limit`: the server holds as many ids as it may;
+ * - `unavailable`: in cluster mode, the cluster (Redis) could not be asked
+ *   whether the id is free.
  */
 export const HANDSHAKE_OUTCOMES = [
   "open",
@@ -76,6 +78,7 @@ export const HANDSHAKE_OUTCOMES = [
   "invalid-token",
   "forbidden",
   "limit",
+  "unavailable",
 ] as const;
 
 /** One of {@link HANDSHAKE_OUTCOMES}. */
@@ -83,7 +86,8 @@ export type HandshakeOutcome = typeof HANDSHAKE_OUTCOMES[number];
 
 /**
  * The `payload.msg` of every refused handshake, word for word as `peer`
- * 1.0.2 says it where it has the case (`invalid-id` is ours).
+ * 1.0.2 says it where it has the case (`invalid-id`, `forbidden` and
+ * `unavailable` are ours).
  */
 export const HANDSHAKE_MESSAGES: Readonly<
   Record<Exclude<HandshakeOutcome, "open" | "takeover">, string>
@@ -95,6 +99,7 @@ export const HANDSHAKE_MESSAGES: Readonly<
   "invalid-token": "Invalid token provided",
   "forbidden": "The token does not grant this id",
   "limit": "Server has reached its concurrent user limit",
+  "unavailable": "Server is unavailable, try again later",
 };
 
 /** The `payload.msg` of each malformed-frame error (`too-large` and `rate-limited` add numbers). */

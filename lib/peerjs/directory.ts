@@ -24,6 +24,13 @@
  * - an instance that dies releases its ids within 10 seconds (ids held
  *   under a key with a short TTL that the live instance keeps refreshing).
  *
+ * Such a directory answers two things later: a claim (always through
+ * {@link DirectoryHooks.claimed}, possibly `unavailable` when the cluster
+ * cannot be reached), and a relay to an id not held on this instance, for
+ * which {@link PeerDirectory.relay} says {@link RELAY_PENDING} and the
+ * outcome follows through {@link DirectoryHooks.relayed}
+ * (`lib/cluster/peers.ts` is the Redis one).
+ *
  * @module
  */
 
@@ -32,9 +39,11 @@
  * - `fresh`: the id was free and is now held by the claimant;
  * - `takeover`: the id was held with the same token: the claimant holds it
  *   now, and the old holder was told it was {@link DirectoryHooks.replaced};
- * - `taken`: the id is held with another token; nothing changed.
+ * - `taken`: the id is held with another token; nothing changed;
+ * - `unavailable`: a cluster directory could not ask the cluster (Redis is
+ *   unreachable); nothing changed, the client may try again later.
  */
-export type ClaimOutcome = "fresh" | "takeover" | "taken";
+export type ClaimOutcome = "fresh" | "takeover" | "taken" | "unavailable";
 
 /**
  * What became of a relayed message:
@@ -51,6 +60,14 @@ export const RELAY_OUTCOMES = ["delivered", "queued", "dropped", "full-id", "ful
 /** One of {@link RELAY_OUTCOMES}. */
 export type RelayOutcome = typeof RELAY_OUTCOMES[number];
 
+/**
+ * What {@link PeerDirectory.relay} says when the outcome is not known yet
+ * (a cluster directory sent the message on to the cluster): it follows
+ * through {@link DirectoryHooks.relayed}, for the sender's connection when
+ * the sender is held on this instance.
+ */
+export const RELAY_PENDING = "pending";
+
 /** How the directory answers the engine. Every hook may run inside the call that caused it. */
 export interface DirectoryHooks {
   /** The answer to {@link PeerDirectory.claim} for local connection `conn`. */
@@ -61,6 +78,12 @@ export interface DirectoryHooks {
   deliver(conn: number, frame: string): void;
   /** Messages from `src` that waited for `dst` under `key` expired undelivered. */
   expired(key: string, src: string, dst: string): void;
+  /**
+   * The outcome of a relay from local connection `conn` to `dst` that
+   * {@link PeerDirectory.relay} answered {@link RELAY_PENDING}. Only
+   * directories that answer later call it.
+   */
+  relayed?(conn: number, dst: string, outcome: RelayOutcome): void;
 }
 
 /** The bounds and expiry of the offline queue. */
@@ -99,7 +122,9 @@ export interface PeerDirectory {
   flush(conn: number, key: string, id: string): number;
   /**
    * Carries `frame` from `src` to the holder of `dst` under `key`; when no
-   * one holds `dst`, keeps it for `dst` if `queue` is set.
+   * one holds `dst`, keeps it for `dst` if `queue` is set. A directory
+   * that must ask elsewhere says {@link RELAY_PENDING} and answers through
+   * {@link DirectoryHooks.relayed}.
    */
   relay(
     key: string,
@@ -108,7 +133,7 @@ export interface PeerDirectory {
     frame: string,
     queue: boolean,
     now: number,
-  ): RelayOutcome;
+  ): RelayOutcome | typeof RELAY_PENDING;
   /**
    * Expires every queue due at `now`: once per sender and queue,
    * {@link DirectoryHooks.expired}. Returns {@link PeerDirectory.nextDue}.

@@ -27,9 +27,11 @@
  *   with another token → `ID-TAKEN` "ID is taken" and close (1008); a free
  *   id → `OPEN`, then every message that waited for the id; the server at
  *   its concurrent limit → `ERROR` "Server has reached its concurrent user
- *   limit" and close (1013). *Differs:* refusals close with a code (1008,
- *   or 1013 at the limit); `peer` closes without one (the client sees 1005
- *   and ignores it: it has already acted on the message).
+ *   limit" and close (1013); in cluster mode, a cluster that cannot be
+ *   asked → `ERROR` "Server is unavailable, try again later" and close
+ *   (1013). *Differs:* refusals close with a code (1008, or 1013 at the
+ *   limit or when unavailable); `peer` closes without one (the client sees
+ *   1005 and ignores it: it has already acted on the message).
  * - *Differs:* **several keys**, each its own namespace: an id is unique
  *   under its key, and messages only reach ids under the sender's key.
  * - *Differs:* an id or token longer than `maxIdLength` /
@@ -130,6 +132,7 @@ import {
   type OfflineLimits,
   type PeerDirectory,
   RELAY_OUTCOMES,
+  RELAY_PENDING,
   type RelayOutcome,
 } from "./directory.ts";
 import { HTTP_ROUTES, type HttpCounters, peerjsHttp } from "./http.ts";
@@ -302,10 +305,10 @@ export interface PeerjsOptions {
   corsOrigins?: readonly string[];
   /** Limits; missing ones take {@link DEFAULT_PEERJS_LIMITS}. */
   limits?: Partial<PeerjsLimits>;
-  /** The clock, in ms; `performance.now` when omitted. */
-  now?: () => number;
-  /** Makes the ids `<key>/id` hands out; `crypto.randomUUID` when omitted. */
-  newId?: () => string;
+  /** The clock, in ms (passed in: the engine reads no clock of its own). */
+  now: () => number;
+  /** Makes the ids `<key>/id` hands out (randomness is passed in too). */
+  newId: () => string;
   /** Makes the directory, given its hooks; a {@link MemoryDirectory} when omitted. */
   directory?: (hooks: DirectoryHooks, limits: OfflineLimits) => PeerDirectory;
 }
@@ -353,7 +356,7 @@ function counters<K extends string>(keys: readonly K[]): Record<K, number> {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * const engine = peerjsEngine({ now: () => 0 });
+ * const engine = peerjsEngine({ now: () => 0, newId: () => crypto.randomUUID() });
  * const sent: Record<string, string[]> = { a: [], b: [] };
  * const connect = (id: string) =>
  *   engine.open(
@@ -372,9 +375,9 @@ function counters<K extends string>(keys: readonly K[]): Record<K, number> {
  * assert.equal(engine.ids, 1);
  * ```
  */
-export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
+export function peerjsEngine(options: PeerjsOptions): PeerjsEngine {
   const limits: Readonly<PeerjsLimits> = { ...DEFAULT_PEERJS_LIMITS, ...options.limits };
-  const now = options.now ?? (() => performance.now());
+  const now = options.now;
   const keys = new Set(options.keys ?? ["peerjs"]);
   const firstKey = [...keys][0] ?? "peerjs";
   const base = options.path ?? "/";
@@ -397,7 +400,7 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
   let ids = 0;
   let nextN = 1;
 
-  const hooks: DirectoryHooks = { claimed, replaced, deliver, expired };
+  const hooks: DirectoryHooks = { claimed, replaced, deliver, expired, relayed };
   const offline: OfflineLimits = {
     expireMs: limits.expireTimeout,
     maxPerId: limits.maxOfflinePerId,
@@ -427,7 +430,9 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
     conn.link.send(encodeError(msg, outcome === "id-taken" ? "ID-TAKEN" : "ERROR"));
     closeWith(
       conn,
-      outcome === "limit" ? PeerjsClose.tryAgainLater : PeerjsClose.policy,
+      outcome === "limit" || outcome === "unavailable"
+        ? PeerjsClose.tryAgainLater
+        : PeerjsClose.policy,
       msg,
     );
   }
@@ -452,6 +457,9 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
       case "taken":
         refuse(conn, "id-taken");
         return;
+      case "unavailable":
+        refuse(conn, "unavailable");
+        return;
       case "fresh":
         if (ids >= limits.concurrentLimit) {
           directory.release(n, conn.key, conn.id);
@@ -475,6 +483,12 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
   function deliver(n: number, frame: string): void {
     const conn = conns.get(n);
     if (conn !== undefined && conn.state === "open") conn.link.send(frame);
+  }
+
+  function relayed(n: number, dst: string, outcome: RelayOutcome): void {
+    stats.relayed[outcome]++;
+    const conn = conns.get(n);
+    if (conn !== undefined && conn.state === "open") relayEffects(conn, dst, outcome, now());
   }
 
   function expired(key: string, src: string, dst: string): void {
@@ -581,10 +595,17 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
     const frame = encodeRelay(m.type, conn.id, m.dst, m.payload);
     const queue = m.type !== "LEAVE" && m.type !== "EXPIRE";
     const outcome = directory.relay(conn.key, conn.id, m.dst, frame, queue, at);
+    // A cluster directory answers later, through `relayed`.
+    if (outcome === RELAY_PENDING) return;
     stats.relayed[outcome]++;
+    relayEffects(conn, m.dst, outcome, at);
+  }
+
+  /** What a relay's outcome means for its sender: budget, expiry watch, or an `EXPIRE` now. */
+  function relayEffects(conn: PConn, dst: string, outcome: RelayOutcome, at: number): void {
     switch (outcome) {
       case "delivered":
-        touch(conn, m.dst, at);
+        touch(conn, dst, at);
         return;
       case "queued": {
         conn.budget?.charge(limits.queuedCost);
@@ -596,7 +617,7 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
       }
       case "full-id":
       case "full-total":
-        refusedExpire(conn, m.dst, at);
+        refusedExpire(conn, dst, at);
         return;
       case "dropped":
         return;
@@ -700,7 +721,7 @@ export function peerjsEngine(options: PeerjsOptions = {}): PeerjsEngine {
     keys,
     allowDiscovery: options.allowDiscovery ?? false,
     corsOrigins: options.corsOrigins ?? [],
-    newId: options.newId ?? (() => crypto.randomUUID()),
+    newId: options.newId,
     ids: (key) => directory.ids(key),
     counters: stats.http,
   });

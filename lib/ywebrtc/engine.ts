@@ -219,8 +219,8 @@ export interface YStats {
 export interface YWebrtcOptions {
   /** Limits; missing ones take {@link DEFAULT_YLIMITS}. */
   limits?: Partial<YLimits>;
-  /** The clock, in ms; `performance.now` when omitted. */
-  now?: () => number;
+  /** The clock, in ms (passed in: the engine reads no clock of its own). */
+  now: () => number;
   /**
    * Makes the bus publishes fan out on, given how to deliver to a local
    * subscriber and how to take back a subscription it could not keep (a
@@ -302,9 +302,9 @@ function opensObject(first: string | Uint8Array): boolean {
  * assert.equal(engine.topics, 0);
  * ```
  */
-export function ywebrtcEngine(options: YWebrtcOptions = {}): YWebrtcEngine {
+export function ywebrtcEngine(options: YWebrtcOptions): YWebrtcEngine {
   const limits: Readonly<YLimits> = { ...DEFAULT_YLIMITS, ...options.limits };
-  const now = options.now ?? (() => performance.now());
+  const now = options.now;
   const openPublish = options.allowUnsubscribedPublish ?? false;
   const protectedTopic = options.protectedTopic ?? (() => false);
   const stats: YStats = {

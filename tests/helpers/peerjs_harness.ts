@@ -84,7 +84,7 @@ export function pharness(options: PHarnessOptions = {}): PHarness {
     allowDiscovery: options.allowDiscovery,
     corsOrigins: options.corsOrigins,
     directory: options.directory,
-    newId: options.newId,
+    newId: options.newId ?? (() => crypto.randomUUID()),
   });
   const h: PHarness = {
     engine,
