@@ -195,3 +195,13 @@ Deno.test("session: a resume does not widen what the new connection may do", () 
   h.call("A2", "resume", token);
   assert.equal(sentTo(h.take(), "A2")[0][0], "resume");
 });
+
+Deno.test("session: a close the transport calls final (slow reader, bug) has no grace", () => {
+  const h = harness();
+  setup(h);
+  h.broker.close(h.conn("A"), true);
+  const byes = sentTo(h.take(), "B").filter((m) => m[0] === "bye");
+  assert.equal(byes.length, 3);
+  assert.equal(h.broker.sessions, 0);
+  assert.equal(h.broker.sessionsInGrace, 0);
+});

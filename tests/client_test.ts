@@ -3,7 +3,8 @@
  * Deno against a real server: requests, events, errors, clean close,
  * reconnects that join the rooms again, tokens (fixed or fetched, refreshed
  * before expiry, fresh on every reconnect) and key idents proven by the
- * client itself.
+ * client itself. Sessions: asked for by default, a server without them used
+ * as before (tests/resume_*_test.ts cover resuming).
  */
 
 import assert from "node:assert/strict";
@@ -140,6 +141,9 @@ Deno.test("close() closes cleanly, rejects pending work and never reconnects", a
   await a.opened();
   await watcher.join("room", "watcher");
   await a.join("room", "alice");
+  // With a session the server would keep alice for its grace: close() leaves first.
+  if (!a.resumable) await a.once("session", undefined, T);
+  assert.equal(a.resumable, true);
   const bye = watcher.once("bye", undefined, T);
   const closed = a.once("close", undefined, T);
   const pending = assert.rejects(a.ping(), /client closed/);
@@ -495,5 +499,90 @@ Deno.test("keys: the client makes or takes an Ed25519 key and proves its key ide
   } finally {
     await Promise.all([owner.close(), made.close(), squatter.close()]);
     await server.stop();
+  }
+});
+
+// --- sessions -------------------------------------------------------------
+
+Deno.test("sessions: a server without them (--session-grace 0) is used as before: a drop re-joins", async () => {
+  const server = await startTestServer(["--session-grace", "0", "--max-frame-bytes", "1024"]);
+  const a = connect(server, { reconnect: { initialDelay: 10, maxDelay: 100 } });
+  const b = connect(server);
+  const errors: string[] = [];
+  a.on("error", (e) => errors.push(`${e.call}:${e.code}`));
+  try {
+    const refused = a.once("session", undefined, T);
+    const ga = await a.join("room", "alice");
+    const gb = await b.join("room", "bob");
+    const s = await refused;
+    assert.equal(s.resumable, false);
+    assert.match(s.detail, /^unavailable: /);
+    assert.equal(a.resumable, false);
+
+    const bye = b.once("bye", undefined, T);
+    const restun = b.once("stun", undefined, 10 * T);
+    const rejoined = a.once("join", undefined, 10 * T);
+    a.signal(ga, gb, "x".repeat(2000)); // too large: the server drops a
+    assert.deepEqual(await bye, { local: gb, remote: ga });
+    assert.equal((await rejoined).global, ga);
+    assert.deepEqual(await restun, { local: gb, remote: ga, initiator: false });
+    // The probe is no error of the application's.
+    assert.deepEqual(errors, ["frame:too-large"]);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+    await server.stop();
+  }
+});
+
+Deno.test("sessions: session: false never asks for one", async () => {
+  const server = await startTestServer();
+  const a = connect(server, { session: false });
+  try {
+    await a.join("room", "alice");
+    await a.ping();
+    assert.equal(a.resumable, false);
+    assert.equal(server.server.broker.stats.framesIn.session, 0);
+    assert.equal(server.server.broker.sessions, 0);
+  } finally {
+    await a.close();
+    await server.stop();
+  }
+});
+
+Deno.test("sessions: a server that knows no session call (unknown-call) is used as before", async () => {
+  // A DIVA v2 server as far as this test goes: joins, and unknown-call for the rest.
+  const frames: unknown[][] = [];
+  const sockets: WebSocket[] = [];
+  const fake = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    sockets.push(socket);
+    socket.onmessage = (e) => {
+      const m = JSON.parse(String(e.data)) as string[];
+      frames.push(m);
+      if (m[0] === "join") socket.send(JSON.stringify(["join", `${m[2]}:${m[1]}`]));
+      else socket.send(JSON.stringify(["error", m[0], "unknown-call", `no call ${m[0]}`]));
+    };
+    return response;
+  });
+  const a = new SignalClient(`ws://127.0.0.1:${fake.addr.port}/`, {
+    requestTimeout: T,
+    reconnect: { initialDelay: 10, maxDelay: 50 },
+  });
+  const errors: unknown[] = [];
+  a.on("error", (e) => errors.push(e));
+  try {
+    const probe = a.once("session", undefined, T);
+    assert.equal(await a.join("room", "alice"), "room:alice");
+    assert.deepEqual(await probe, { resumable: false, detail: "unknown-call: no call session" });
+    assert.equal(a.resumable, false);
+    // Dropped: it joins again (no resume: it has no session).
+    const rejoined = a.once("join", undefined, T);
+    sockets[0].close(1011, "gone");
+    assert.equal((await rejoined).global, "room:alice");
+    assert.deepEqual(frames.map((f) => f[0]), ["session", "join", "session", "join"]);
+    assert.deepEqual(errors, []);
+  } finally {
+    await a.close();
+    await fake.shutdown();
   }
 });

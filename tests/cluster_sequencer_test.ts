@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { Directory } from "../lib/diva/broker.ts";
+import type { Directory, Handoff } from "../lib/diva/broker.ts";
 import {
   type ClaimAnswer,
   type Holder,
@@ -30,6 +30,8 @@ function recorder() {
     memberJoined: (room, ident, instance, conn) =>
       calls.push(["joined", room, ident, instance, conn]),
     memberLeft: (g) => calls.push(["left", g]),
+    memberMoved: (room, ident, instance, conn) =>
+      calls.push(["moved", room, ident, instance, conn]),
     claimRefused: (conn, room, code, detail) => calls.push(["refused", conn, room, code, detail]),
     roomMembers: () => sink.members,
   };
@@ -41,7 +43,7 @@ function take(sink: { calls: unknown[][] }): unknown[][] {
   return sink.calls.splice(0);
 }
 
-const ev = (seq: number, kind: "j" | "l" | "r", instance: string, g: string): RoomEvent => ({
+const ev = (seq: number, kind: "j" | "l" | "r" | "m", instance: string, g: string): RoomEvent => ({
   seq,
   kind,
   instance,
@@ -226,6 +228,90 @@ Deno.test("sequencer: refusals say why", () => {
   assert.equal(s.unwatch("r"), true);
 });
 
+Deno.test("sequencer: a move here completes in its room's turn, like a claim", () => {
+  const sink = recorder();
+  const s = new Sequencer("me", sink);
+  // The view is new: the move's own event and a later join arrive before its answer.
+  const view = s.moveStarted("r");
+  s.event("r", ev(8, "m", "me", "r:x"));
+  s.event("r", ev(9, "j", "C", "r:new"));
+  assert.deepEqual(take(sink), [], "nothing before the answer gives the snapshot");
+  // The answer: x (held by A until seq 8) and b were there before.
+  s.moveAnswered(view, 4, "x", {
+    kind: "ok",
+    seq: 8,
+    members: [{ g: "r:b", instance: "B" }, { g: "r:x", instance: "A" }],
+  });
+  assert.deepEqual(take(sink), [
+    ["joined", "r", "b", "B", null],
+    ["joined", "r", "x", "A", null],
+    ["moved", "r", "x", "me", 4],
+    ["joined", "r", "new", "C", null],
+  ], "x is known as A's, then becomes connection 4's, then the joiner meets it here");
+  // A second move on the initialized view: its event waits for its answer,
+  // and a remote join behind it waits too.
+  s.moveStarted("r");
+  s.event("r", ev(11, "m", "me", "r:y"));
+  s.event("r", ev(12, "j", "A", "r:late"));
+  assert.deepEqual(take(sink), []);
+  s.moveAnswered(view, 4, "y", { kind: "ok", seq: 11, members: [] });
+  assert.deepEqual(take(sink), [
+    ["moved", "r", "y", "me", 4],
+    ["joined", "r", "late", "A", null],
+  ]);
+  // A failed move is no output (the adapter refuses the resume) and keeps no view.
+  const q = s.moveStarted("q");
+  s.moveAnswered(q, 5, "z", { kind: "failed" });
+  assert.deepEqual(take(sink), []);
+  assert.equal(s.unwatch("q"), true);
+});
+
+Deno.test("sequencer: moves elsewhere apply in order with joins and leaves", () => {
+  const sink = recorder();
+  const s = new Sequencer("me", sink);
+  const view = s.claimStarted("r");
+  s.claimAnswered(view, 1, "alice", ok(3, [{ g: "r:x", instance: "A" }]));
+  s.event("r", ev(3, "j", "me", "r:alice"));
+  take(sink);
+  // x moves A → B, then leaves; a member of ours moves away; events of a
+  // move that arrive before the view's snapshot wait for it (see above).
+  s.event("r", ev(4, "m", "B", "r:x"));
+  s.event("r", ev(5, "m", "C", "r:alice"));
+  s.event("r", ev(6, "l", "B", "r:x"));
+  assert.deepEqual(take(sink), [
+    ["moved", "r", "x", "B", null],
+    ["moved", "r", "alice", "C", null],
+    ["left", "r:x"],
+  ]);
+});
+
+Deno.test("sequencer: link down completes a move that answered; recovery catches up moves missed", () => {
+  const sink = recorder();
+  const s = new Sequencer("me", sink);
+  const view = s.moveStarted("r");
+  s.moveAnswered(view, 7, "x", { kind: "ok", seq: 20, members: [{ g: "r:x", instance: "A" }] });
+  assert.deepEqual(take(sink), [["joined", "r", "x", "A", null]]);
+  // Redis goes away before the move's own event reached us: it completes now.
+  s.linkDown();
+  assert.deepEqual(take(sink), [["moved", "r", "x", "me", 7]]);
+  s.event("r", ev(20, "m", "me", "r:x"));
+  assert.deepEqual(take(sink), [], "and not twice if the event comes after all");
+  // Meanwhile b moved from B to C, and our d moved to A, and we missed both:
+  // the re-read after recovery moves them without a leave or a join.
+  sink.members = [local("r:x"), remote("r:b", "B"), local("r:d")];
+  s.snapshot(view, 30, [
+    { g: "r:x", instance: "me" },
+    { g: "r:b", instance: "C" },
+    { g: "r:d", instance: "A" },
+    { g: "r:e", instance: "A" },
+  ], false);
+  assert.deepEqual(take(sink), [
+    ["moved", "r", "b", "C", null],
+    ["moved", "r", "d", "A", null],
+    ["joined", "r", "e", "A", null],
+  ]);
+});
+
 // ---------------------------------------------------------------------------
 // Two instances, driven by one harness.
 
@@ -289,26 +375,122 @@ class Wire {
   }
 }
 
+/** A session record: holder, idents; a tombstone says where it moved. */
+interface SessionRecord {
+  i: string;
+  g: string;
+  moved?: number;
+}
+
 /**
  * The part of Redis the scripts use, in memory: one sequence counter, owners,
- * rooms in join order, channels. Each operation is atomic, as a script is.
+ * rooms in join order, session records, channels. Each operation is atomic,
+ * as a script is. (Session records are keyed by the token itself here; the
+ * real scripts never see a token, only its hash.)
  */
 class MiniRedis {
   seq = 0;
   readonly owner = new Map<string, string>();
   readonly rooms = new Map<string, string[]>();
   readonly channels = new Map<string, Set<Node>>();
+  readonly sessions = new Map<string, SessionRecord>();
+  /** The instances, for messages on their own channel (`sig:to:<id>`). */
+  nodes = new Map<string, Node>();
   /** Every room event ever published, in order. */
   readonly log: RoomEvent[] = [];
 
   #publish(room: string, e: RoomEvent): void {
     this.log.push(e);
     for (const node of this.channels.get(room) ?? []) {
+      // A message on its way when the node's link drops is lost.
+      const epoch = node.epoch;
       node.subDown.send(() => {
+        if (node.epoch !== epoch) return;
         node.seen.add(e.seq);
+        if (e.kind === "m" && e.instance !== node.id) node.movedAway.set(e.g, e.instance);
         node.seq.event(room, e);
       });
     }
+  }
+
+  /** SESS_PUT. */
+  sessPut(
+    h: string,
+    inst: string,
+    idents: string,
+    mode: "new" | "set" | "restore",
+    prev: string,
+  ): { kind: "ok" | "no" } | { kind: "moved"; to: string; conn: number } {
+    if (prev !== "") {
+      const p = this.sessions.get(prev);
+      if (p?.i === inst && p.moved === undefined) this.sessions.delete(prev);
+    }
+    const r = this.sessions.get(h);
+    if (r?.moved !== undefined) {
+      return mode === "restore" && r.i !== inst
+        ? { kind: "moved", to: r.i, conn: r.moved }
+        : { kind: "no" };
+    }
+    if (mode === "new" && r !== undefined) return { kind: "no" };
+    if (mode === "set" && r?.i !== inst) return { kind: "no" };
+    if (mode === "restore" && r !== undefined && r.i !== inst) return { kind: "no" };
+    this.sessions.set(h, { i: inst, g: idents });
+    return { kind: "ok" };
+  }
+
+  /** SESS_DROP. */
+  sessDrop(h: string, inst: string): void {
+    const r = this.sessions.get(h);
+    if (r?.i === inst && r.moved === undefined) this.sessions.delete(h);
+  }
+
+  /** SESS_PEEK. */
+  sessPeek(h: string, inst: string): { holder: string; idents: string[] } | undefined {
+    const r = this.sessions.get(h);
+    if (r === undefined || r.moved !== undefined || r.i === inst) return undefined;
+    return { holder: r.i, idents: r.g === "" ? [] : r.g.split(" ") };
+  }
+
+  /** SESS_MOVE: moves every ident, publishes `m` events, then tells the old holder. */
+  sessMove(
+    h: string,
+    fresh: string,
+    to: string,
+    holder: string,
+    idents: string,
+    conn: number,
+  ): { seq: number; members: Holder[] }[] | "gone" | "changed" {
+    const r = this.sessions.get(h);
+    if (r === undefined || r.moved !== undefined || r.i !== holder || r.i === to) return "gone";
+    if (r.g !== idents) return "changed";
+    const gs = idents === "" ? [] : idents.split(" ");
+    if (gs.some((g) => this.owner.get(g) !== holder)) return "changed";
+    const out: { seq: number; members: Holder[] }[] = [];
+    for (const g of gs) {
+      const room = g.slice(0, g.indexOf(":"));
+      const members = this.#members(room);
+      const seq = ++this.seq;
+      out.push({ seq, members });
+      this.owner.set(g, to);
+      this.#publish(room, { seq, kind: "m", instance: to, g });
+    }
+    this.sessions.set(h, { i: to, g: "", moved: conn });
+    this.sessions.set(fresh, { i: to, g: idents });
+    const old = this.nodes.get(holder)!;
+    const epoch = old.epoch;
+    old.subDown.send(() => {
+      if (old.epoch === epoch) old.notice(h, to, conn);
+    });
+    return out;
+  }
+
+  /** SESS_ROTATE. */
+  sessRotate(h: string, fresh: string, inst: string, idents: string): boolean {
+    const r = this.sessions.get(h);
+    if (r !== undefined && (r.i !== inst || r.moved !== undefined)) return false;
+    this.sessions.delete(h);
+    this.sessions.set(fresh, { i: inst, g: idents });
+    return true;
   }
 
   #members(room: string): Holder[] {
@@ -354,12 +536,17 @@ class MiniRedis {
     this.channels.get(room)?.delete(node);
   }
 
-  /** A restart without persistence: everything is gone, the counter too. */
-  restart(): void {
+  /**
+   * A restart: subscriptions are gone; without persistence everything is,
+   * the counter too.
+   */
+  restart(persistent = false): void {
+    this.channels.clear();
+    if (persistent) return;
     this.seq = 0;
     this.owner.clear();
     this.rooms.clear();
-    this.channels.clear();
+    this.sessions.clear();
   }
 }
 
@@ -379,24 +566,46 @@ class Node implements Directory<string> {
   readonly subs = new Map<string, { acked: boolean; waiting: (() => void)[] }>();
   readonly unreleased = new Map<string, string>();
   up = true;
+  /** The link is open (it is, while recovering, before `up`). */
+  linked = true;
+  /** Relays forwarded here by an instance an ident had moved from. */
+  forwarded = 0;
+  /** Move scripts answered ok. */
+  moved = 0;
+  /** Connections whose move answered. */
+  readonly movedFor = new Set<number>();
+  /** Handoffs that arrived before their move's answer. */
+  earlyHandoffs = 0;
   /** Sequence numbers of the room events received. */
   readonly seen = new Set<number>();
   /** Claims answered ok. */
   answered = 0;
   /** Claims answered ok after their own join event had arrived. */
   answeredAfterEvent = 0;
+  /** Bumped when the link drops: what was on its way to this node is lost. */
+  epoch = 0;
+  /** Tokens of the sessions held here (the stand-in keys records by token). */
+  readonly tokens = new Set<string>();
+  /** Holders found by a resume's look-up, by connection id. */
+  readonly found = new Map<number, string>();
+  /** Resumes waiting for the old holder's handoff, by connection id. */
+  readonly handoffs = new Set<number>();
+  /** Idents that moved from here, and where to (relays for them follow). */
+  readonly movedAway = new Map<string, string>();
 
   constructor(
     readonly id: string,
     readonly pair: Pair,
     latency: () => number,
+    subLatency: () => number = latency,
   ) {
     const clock = pair.clock;
     this.cmdUp = new Wire(clock, latency);
     this.cmdDown = new Wire(clock, latency);
     this.subUp = new Wire(clock, latency);
-    this.subDown = new Wire(clock, latency);
-    this.h = harness({ directory: this });
+    this.subDown = new Wire(clock, subLatency);
+    // Each instance its own randomness, as real ones (tokens differ).
+    this.h = harness({ directory: this, seed: 0x9e3779b9 + id.charCodeAt(0) });
     this.seq = new Sequencer(id, this.h.broker);
   }
 
@@ -452,8 +661,133 @@ class Node implements Directory<string> {
   relay(instance: string, g: string, frame: string): boolean {
     if (!this.up) return false;
     const to = this.pair.nodes.get(instance)!;
-    this.cmdUp.send(() => to.subDown.send(() => to.h.broker.deliver(g, frame)));
+    this.cmdUp.send(() => to.subDown.send(() => to.receive(g, frame, false)));
     return true;
+  }
+
+  /** A relay arrived: delivered here, or forwarded once to where `g` moved. */
+  receive(g: string, frame: string, forwarded: boolean): void {
+    if (forwarded) this.forwarded++;
+    if (this.h.broker.deliver(g, frame) || forwarded || !this.up) return;
+    const next = this.movedAway.get(g);
+    if (next === undefined || next === this.id) return;
+    const to = this.pair.nodes.get(next)!;
+    this.cmdUp.send(() => to.subDown.send(() => to.receive(g, frame, true)));
+  }
+
+  sessionHeld(token: string, idents: readonly string[], _grace: number, replaces?: string): void {
+    const known = this.tokens.has(token);
+    this.tokens.add(token);
+    if (replaces !== undefined) this.tokens.delete(replaces);
+    if (!this.up) return;
+    const redis = this.pair.redis;
+    const mode = known ? "set" : "new";
+    this.#command(() => redis.sessPut(token, this.id, idents.join(" "), mode, replaces ?? ""));
+  }
+
+  sessionEnded(token: string): void {
+    this.tokens.delete(token);
+    if (this.up) this.#command(() => this.pair.redis.sessDrop(token, this.id));
+  }
+
+  lookup(conn: number, token: string): void {
+    const broker = this.h.broker;
+    if (!this.up) {
+      this.pair.clock.at(this.pair.clock.now, () => broker.resumeRefused(conn, "unavailable", ""));
+      return;
+    }
+    this.#command(() => this.pair.redis.sessPeek(token, this.id), (found) => {
+      if (found === undefined) return broker.resumeRefused(conn, "forbidden", "no such session");
+      this.found.set(conn, found.holder);
+      broker.sessionFound(conn, found.idents);
+    });
+  }
+
+  take(conn: number, token: string, fresh: string, idents: readonly string[]): void {
+    const broker = this.h.broker;
+    const holder = this.found.get(conn);
+    this.found.delete(conn);
+    if (!this.up || holder === undefined) {
+      this.pair.clock.at(this.pair.clock.now, () => broker.resumeRefused(conn, "unavailable", ""));
+      return;
+    }
+    const moves = idents.map((g) => {
+      const room = g.slice(0, g.indexOf(":"));
+      const sub = this.#subscribe(room);
+      return { room, ident: g.slice(room.length + 1), sub, view: this.seq.moveStarted(room) };
+    });
+    const redis = this.pair.redis;
+    // The handoff may come before the move's answer does.
+    this.handoffs.add(conn);
+    const send = () =>
+      this.#command(
+        () => redis.sessMove(token, fresh, this.id, holder, idents.join(" "), conn),
+        (answer) => {
+          if (typeof answer === "string") {
+            this.handoffs.delete(conn);
+            for (const m of moves) this.seq.moveAnswered(m.view, conn, m.ident, { kind: "failed" });
+            broker.resumeRefused(conn, "forbidden", answer);
+            return;
+          }
+          this.tokens.add(fresh);
+          this.moved++;
+          this.movedFor.add(conn);
+          this.pair.clock.at(this.pair.clock.now + 5000, () => {
+            if (this.handoffs.delete(conn)) broker.sessionHandoff(conn, null);
+          });
+          moves.forEach((m, i) =>
+            this.seq.moveAnswered(m.view, conn, m.ident, { kind: "ok", ...answer[i] })
+          );
+        },
+      );
+    // The move is sent once every room's channel is subscribed.
+    let left = moves.length;
+    const one = () => {
+      if (--left === 0) send();
+    };
+    if (left === 0) send();
+    for (const m of moves) {
+      if (m.sub.acked) one();
+      else m.sub.waiting.push(one);
+    }
+  }
+
+  rotate(conn: number, token: string, fresh: string, idents: readonly string[]): void {
+    const broker = this.h.broker;
+    const done = () => {
+      this.tokens.delete(token);
+      this.tokens.add(fresh);
+      broker.sessionRotated(conn);
+    };
+    if (!this.up) {
+      this.pair.clock.at(this.pair.clock.now, done);
+      return;
+    }
+    this.#command(
+      () => this.pair.redis.sessRotate(token, fresh, this.id, idents.join(" ")),
+      (ok) => {
+        if (ok) done();
+        else broker.resumeRefused(conn, "forbidden", "no such session");
+      },
+    );
+  }
+
+  handoff(instance: string, conn: number, handoff: Handoff | null): void {
+    if (!this.linked) return;
+    const to = this.pair.nodes.get(instance)!;
+    this.cmdUp.send(() =>
+      to.subDown.send(() => {
+        if (!to.handoffs.delete(conn)) return;
+        if (!to.movedFor.has(conn)) to.earlyHandoffs++;
+        to.h.broker.sessionHandoff(conn, handoff);
+      })
+    );
+  }
+
+  /** The move script's message on this node's channel: a session held here moved. */
+  notice(token: string, to: string, conn: number): void {
+    if (!this.tokens.delete(token)) return this.handoff(to, conn, null);
+    this.h.broker.sessionMoved(token, to, conn);
   }
 
   unwatch(room: string): void {
@@ -465,6 +799,8 @@ class Node implements Directory<string> {
   /** Redis closed the connections. */
   down(): void {
     this.up = false;
+    this.linked = false;
+    this.epoch++;
     this.seq.linkDown();
   }
 
@@ -474,6 +810,7 @@ class Node implements Directory<string> {
    */
   recover(pruneAfterMs: number): void {
     const redis = this.pair.redis;
+    this.linked = true;
     for (const [room, s] of this.subs) {
       s.acked = false;
       this.subUp.send(() => {
@@ -484,10 +821,21 @@ class Node implements Directory<string> {
     const owed = [...this.unreleased];
     this.unreleased.clear();
     const mine = this.h.broker.localMembers();
+    const sessions = this.h.broker.localSessions();
     this.#command(() => {
       for (const [g, room] of owed) redis.release(g, room, this.id);
+      const moved: [string, string, number][] = [];
+      for (const s of sessions) {
+        const r = redis.sessPut(s.token, this.id, s.idents.join(" "), "restore", "");
+        if (r.kind === "moved") moved.push([s.token, r.to, r.conn]);
+      }
       for (const m of mine) redis.restore(m.g, m.room, this.id);
-    }, () => {
+      return moved;
+    }, (moved) => {
+      for (const [token, to, conn] of moved) {
+        this.tokens.delete(token);
+        this.h.broker.sessionMoved(token, to, conn);
+      }
       this.#resyncAll(false, () => {
         this.up = true;
         this.pair.clock.at(this.pair.clock.now + pruneAfterMs, () => this.#resyncAll(true));
@@ -517,8 +865,13 @@ class Pair {
   /** Every frame each client received, in order. */
   readonly #received = new Map<string, unknown[]>();
 
-  constructor(latency: (node: string) => () => number) {
-    for (const id of ["A", "B"]) this.nodes.set(id, new Node(id, this, latency(id)));
+  constructor(
+    latency: (node: string) => () => number,
+    ids = ["A", "B"],
+    subLatency?: (node: string) => () => number,
+  ) {
+    for (const id of ids) this.nodes.set(id, new Node(id, this, latency(id), subLatency?.(id)));
+    this.redis.nodes = this.nodes;
   }
 
   get a(): Node {
@@ -527,6 +880,10 @@ class Pair {
 
   get b(): Node {
     return this.nodes.get("B")!;
+  }
+
+  get c(): Node {
+    return this.nodes.get("C")!;
   }
 
   /** Runs every task due until `until` (all of them by default). */
@@ -699,4 +1056,321 @@ Deno.test("pair: Redis restarts empty — recovery restores membership without r
   assert.deepEqual(stuns.map(String).toSorted(), ["stun,r:late,r:a,true", "stun,r:late,r:b,true"]);
   assert.deepEqual(pair.take("a"), [["stun", "r:a", "r:late", false]]);
   assert.deepEqual(pair.take("b"), [["stun", "r:b", "r:late", false]]);
+});
+
+// ---------------------------------------------------------------------------
+// Sessions resumed on another instance: the move, on simulated time.
+
+type Frame = [string, ...unknown[]];
+
+/**
+ * Three instances. On A: pa in room r, and x in rooms r and q with a
+ * session; on B: pb in r; on C: pc in r and qc in q. Returns x's token.
+ */
+function sessionSetup(pair: Pair): string {
+  const joins: [Node, string, string][] = [
+    [pair.a, "pa", "r"],
+    [pair.b, "pb", "r"],
+    [pair.c, "pc", "r"],
+    [pair.c, "qc", "q"],
+  ];
+  for (const [node, name, room] of joins) {
+    node.h.open(name);
+    node.h.call(name, "join", name, room);
+    pair.drive();
+  }
+  pair.a.h.open("x");
+  pair.a.h.call("x", "join", "x", "r");
+  pair.a.h.call("x", "join", "x", "q");
+  pair.a.h.call("x", "session");
+  pair.drive();
+  const got = pair.take("x") as Frame[];
+  assert.deepEqual(got.slice(0, -1), [
+    ["join", "r:x"],
+    ["stun", "r:x", "r:pa", true],
+    ["stun", "r:x", "r:pb", true],
+    ["stun", "r:x", "r:pc", true],
+    ["join", "q:x"],
+    ["stun", "q:x", "q:qc", true],
+  ]);
+  const [kind, token] = got.at(-1)!;
+  assert.equal(kind, "session");
+  for (const p of ["pa", "pb", "pc", "qc"]) pair.take(p);
+  return String(token);
+}
+
+/** The frames after a resume reply that a client which received `had` frames since its session reply has not seen. */
+function unseen(frames: Frame[], had: number): { info: Record<string, unknown>; rest: Frame[] } {
+  assert.equal(frames[0]?.[0], "resume", `a resume reply first: ${JSON.stringify(frames)}`);
+  const info = frames[0][1] as Record<string, unknown>;
+  const from = typeof info.from === "number" ? info.from : had;
+  return { info, rest: frames.slice(1 + Math.max(0, had - from)) };
+}
+
+const PEERS = ["pa", "pb", "pc", "qc"];
+
+Deno.test("pair: a session resumed on another instance moves there with no bye or stun", () => {
+  const pair = new Pair(() => () => 3, ["A", "B", "C"]);
+  const token = setupAndCut(pair);
+  // During the gap, peers on B and C signal x: A keeps the frames.
+  pair.b.h.call("pb", "signal", "r:pb", "r:x", { gap: 1 });
+  pair.c.h.call("qc", "signal", "q:qc", "q:x", { gap: 2 });
+  pair.drive();
+  // The reconnect lands on B.
+  pair.b.h.open("x2");
+  pair.b.h.call("x2", "resume", token);
+  pair.drive();
+  const { info, rest } = unseen(pair.take("x2") as Frame[], 0);
+  assert.deepEqual((info.idents as string[]).toSorted(), ["q:x", "r:x"]);
+  assert.notEqual(info.token, token);
+  assert.deepEqual(rest, [
+    ["signal", "r:x", "r:pb", { gap: 1 }],
+    ["signal", "q:x", "q:qc", { gap: 2 }],
+  ]);
+  for (const p of PEERS) assert.deepEqual(pair.take(p), [], `${p} heard nothing`);
+  assert.equal(pair.redis.owner.get("r:x"), "B");
+  assert.equal(pair.redis.owner.get("q:x"), "B");
+  assert.equal(pair.a.h.broker.stats.sessions.moved, 1);
+  assert.equal(pair.b.h.broker.stats.sessions.resumed, 1);
+  // Signals both ways, to and from every instance.
+  const peers = [[pair.a, "pa", "r"], [pair.b, "pb", "r"], [pair.c, "qc", "q"]] as const;
+  for (const [node, p, room] of peers) {
+    pair.b.h.call("x2", "signal", `${room}:x`, `${room}:${p}`, "to " + p);
+    node.h.call(p, "signal", `${room}:${p}`, `${room}:x`, "from " + p);
+  }
+  pair.drive();
+  assert.deepEqual(pair.take("pa"), [["signal", "r:pa", "r:x", "to pa"]]);
+  assert.deepEqual(pair.take("pb"), [["signal", "r:pb", "r:x", "to pb"]]);
+  assert.deepEqual(pair.take("qc"), [["signal", "q:qc", "q:x", "to qc"]]);
+  assert.deepEqual((pair.take("x2") as Frame[]).toSorted(), [
+    ["signal", "q:x", "q:qc", "from qc"],
+    ["signal", "r:x", "r:pa", "from pa"],
+    ["signal", "r:x", "r:pb", "from pb"],
+  ]);
+  // The used token is refused everywhere, the old holder included.
+  for (const node of [pair.a, pair.c]) {
+    node.h.open("replay" + node.id);
+    node.h.call("replay" + node.id, "resume", token);
+  }
+  pair.drive();
+  for (const id of ["A", "C"]) {
+    const [[kind, call, code]] = pair.take("replay" + id) as Frame[];
+    assert.deepEqual([kind, call, code], ["error", "resume", "forbidden"]);
+  }
+  // The fresh token moves the session on again, B → C, and back to the
+  // holder's own instance works as on one server.
+  pair.b.h.close("x2");
+  pair.c.h.open("x3");
+  pair.c.h.call("x3", "resume", info.token);
+  pair.drive();
+  // x2 received 5 frames after its resume reply: the resume says which are new.
+  const again = unseen(pair.take("x3") as Frame[], 5);
+  assert.deepEqual(again.rest, []);
+  for (const p of PEERS) assert.deepEqual(pair.take(p), []);
+  pair.c.h.close("x3");
+  pair.c.h.open("x4");
+  pair.c.h.call("x4", "resume", again.info.token);
+  pair.drive();
+  assert.equal((pair.take("x4") as Frame[])[0][0], "resume");
+  assert.equal(pair.redis.owner.get("r:x"), "C");
+  // Leaving is a leave as ever: bye everywhere, once.
+  pair.c.h.call("x4", "leave", "r:x");
+  pair.drive();
+  assert.deepEqual(pair.take("pa"), [["bye", "r:pa", "r:x"]]);
+  assert.deepEqual(pair.take("pb"), [["bye", "r:pb", "r:x"]]);
+  assert.deepEqual(pair.take("pc"), [["bye", "r:pc", "r:x"]]);
+  assert.equal(pair.a.h.broker.connections, 2, "pa and the replay on A");
+});
+
+/** {@link sessionSetup}, then x's socket on A closes (its grace begins). */
+function setupAndCut(pair: Pair): string {
+  const token = sessionSetup(pair);
+  pair.a.h.close("x");
+  pair.drive();
+  for (const p of PEERS) assert.deepEqual(pair.take(p), [], "a drop is no bye");
+  return token;
+}
+
+/** Every instance's view of room `room`: each member's holder ("" for its own local members, named). */
+function holders(pair: Pair, room: string): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const [id, node] of pair.nodes) {
+    const view: Record<string, string> = {};
+    for (const m of node.h.broker.roomMembers(room)) view[m.g] = m.local ? id : m.instance;
+    out[id] = view;
+  }
+  return out;
+}
+
+Deno.test("pair: a move racing a join, signals and the resume itself, on random schedules", () => {
+  let joinFirst = 0;
+  let moveFirst = 0;
+  let forwarded = 0;
+  for (let seed = 1; seed <= 80; seed++) {
+    const rnd = random(seed);
+    const pair = new Pair(() => () => 1 + Math.floor(rnd() * 15), ["A", "B", "C"]);
+    const token = setupAndCut(pair);
+    const t0 = pair.clock.now;
+    const at = (run: () => void, ms = 40) => pair.clock.at(t0 + Math.floor(rnd() * ms), run);
+    // A newcomer joins r somewhere, peers on A, B and C signal x, and the
+    // client resumes on B or C, all at random moments (a resume takes a few
+    // round trips: the join's window is wider).
+    const joiner = pair.nodes.get("ABC"[Math.floor(rnd() * 3)])!;
+    joiner.h.open("n");
+    at(() => joiner.h.call("n", "join", "n", "r"), 120);
+    at(() => pair.a.h.call("pa", "signal", "r:pa", "r:x", "from pa"));
+    at(() => pair.b.h.call("pb", "signal", "r:pb", "r:x", "from pb"));
+    at(() => pair.c.h.call("qc", "signal", "q:qc", "q:x", "from qc"));
+    const to = pair.nodes.get(rnd() < 0.5 ? "B" : "C")!;
+    to.h.open("x2");
+    at(() => to.h.call("x2", "resume", token));
+    pair.drive();
+    const where = `seed ${seed}, n on ${joiner.id}, resumed on ${to.id}`;
+    // The resumed client: its reply, then each frame once; what came
+    // before the move came through the old holder's handoff.
+    const { info, rest } = unseen(pair.take("x2") as Frame[], 0);
+    assert.deepEqual((info.idents as string[]).toSorted(), ["q:x", "r:x"], where);
+    assert.deepEqual(
+      rest.map((f) => JSON.stringify(f)).toSorted(),
+      [
+        ["signal", "q:x", "q:qc", "from qc"],
+        ["signal", "r:x", "r:pa", "from pa"],
+        ["signal", "r:x", "r:pb", "from pb"],
+        ["stun", "r:x", "r:n", false],
+      ].map((f) => JSON.stringify(f)).toSorted(),
+      where,
+    );
+    // The newcomer meets everyone once, x included, wherever x was then.
+    const [join, ...stuns] = pair.take("n") as Frame[];
+    assert.deepEqual(join, ["join", "r:n"], where);
+    assert.deepEqual(
+      stuns.map((f) => f[2]).toSorted(),
+      ["r:pa", "r:pb", "r:pc", "r:x"],
+      where,
+    );
+    assert.ok(stuns.every((f) => f[0] === "stun" && f[3] === true), where);
+    // The peers: one stun for the newcomer, nothing else (no bye, no stun for x).
+    for (const p of ["pa", "pb", "pc"]) {
+      assert.deepEqual(pair.take(p), [["stun", `r:${p}`, "r:n", false]], `${where}: ${p}`);
+    }
+    assert.deepEqual(pair.take("qc"), [], where);
+    // Redis and every instance agree: x is held on the instance it resumed on.
+    assert.equal(pair.redis.owner.get("r:x"), to.id, where);
+    for (const [id, view] of Object.entries(holders(pair, "r"))) {
+      assert.equal(view["r:x"], to.id, `${where}: ${id}'s view`);
+    }
+    assert.equal(pair.a.h.broker.sessions, 0, where);
+    const log = pair.redis.log;
+    const j = log.find((e) => e.g === "r:n")!.seq;
+    const m = log.find((e) => e.kind === "m" && e.g === "r:x")!.seq;
+    if (j < m) joinFirst++;
+    else moveFirst++;
+    for (const node of pair.nodes.values()) forwarded += node.forwarded;
+  }
+  // The schedules covered both orders of the join and the move, and relays
+  // that reached the old holder after the move (forwarded to the new one).
+  assert.ok(joinFirst > 10 && moveFirst > 10, `join first ${joinFirst}, move first ${moveFirst}`);
+  assert.ok(forwarded > 0, `forwarded ${forwarded}`);
+});
+
+Deno.test("pair: Redis restarts, keeping its data, while a move's events are on their way", () => {
+  // Answers are fast and channel messages slow: the move's answer reaches B
+  // while its events and the old holder's notice are still on their way.
+  const pair = new Pair(() => () => 2, ["A", "B", "C"], () => () => 30);
+  const token = setupAndCut(pair);
+  pair.b.h.call("pb", "signal", "r:pb", "r:x", "in the gap");
+  pair.drive();
+  pair.b.h.open("x2");
+  pair.b.h.call("x2", "resume", token);
+  while (pair.b.moved === 0) pair.clock.step();
+  // Every link drops: the events and the notice are lost.
+  for (const node of pair.nodes.values()) node.down();
+  pair.redis.restart(true);
+  assert.equal(pair.redis.owner.get("r:x"), "B", "the move happened");
+  // Redis is back: A learns of the move from the tombstone and the owners,
+  // C from its re-read of the rooms; B completes once A hands over.
+  for (const node of pair.nodes.values()) node.recover(3000);
+  pair.drive();
+  const { info, rest } = unseen(pair.take("x2") as Frame[], 0);
+  assert.deepEqual((info.idents as string[]).toSorted(), ["q:x", "r:x"]);
+  assert.deepEqual(rest, [["signal", "r:x", "r:pb", "in the gap"]], "the handoff came");
+  for (const p of PEERS) assert.deepEqual(pair.take(p), [], `${p} heard nothing`);
+  for (const [id, view] of Object.entries(holders(pair, "r"))) {
+    assert.equal(view["r:x"], "B", `${id}'s view`);
+  }
+  // And it works: signals both ways across instances.
+  pair.b.h.call("x2", "signal", "r:x", "r:pa", 1);
+  pair.a.h.call("pa", "signal", "r:pa", "r:x", 2);
+  pair.c.h.call("qc", "signal", "q:qc", "q:x", 3);
+  pair.drive();
+  assert.deepEqual(pair.take("pa"), [["signal", "r:pa", "r:x", 1]]);
+  assert.deepEqual((pair.take("x2") as Frame[]).toSorted(), [
+    ["signal", "q:x", "q:qc", 3],
+    ["signal", "r:x", "r:pa", 2],
+  ]);
+});
+
+Deno.test("pair: a resume refused on the way changes nothing; a closed resumer gives the idents back", () => {
+  const pair = new Pair(() => () => 3, ["A", "B", "C"]);
+  const token = setupAndCut(pair);
+  // A guessed token, and a connection that is not fresh, are refused.
+  pair.b.h.open("guess");
+  pair.b.h.call("guess", "resume", "A".repeat(32));
+  pair.c.h.open("busy");
+  pair.c.h.call("busy", "join", "busy", "q");
+  pair.c.h.call("busy", "resume", token);
+  pair.drive();
+  assert.deepEqual((pair.take("guess") as Frame[])[0].slice(0, 3), [
+    "error",
+    "resume",
+    "forbidden",
+  ]);
+  assert.deepEqual((pair.take("busy") as Frame[]).at(-1)!.slice(0, 3), [
+    "error",
+    "resume",
+    "forbidden",
+  ]);
+  pair.take("qc");
+  // Two resumes of one token race from B and C: one wins.
+  pair.b.h.open("x2");
+  pair.c.h.open("x3");
+  pair.b.h.call("x2", "resume", token);
+  pair.c.h.call("x3", "resume", token);
+  pair.drive();
+  const won = [pair.take("x2"), pair.take("x3")] as Frame[][];
+  assert.deepEqual(won.map((f) => f[0][0]).toSorted(), ["error", "resume"]);
+  for (const p of PEERS) assert.deepEqual(pair.take(p), [], `${p} heard nothing`);
+  // The winner's socket closes before it resumes again elsewhere; a resumer
+  // that closes mid-way gives the idents back: peers say bye once, everywhere.
+  const [winner, node] = won[0][0][0] === "resume" ? ["x2", pair.b] : ["x3", pair.c];
+  const fresh = (won[0][0][0] === "resume" ? won[0] : won[1])[0][1] as { token: string };
+  node.h.close(winner);
+  pair.drive();
+  pair.a.h.open("x4");
+  pair.a.h.call("x4", "resume", fresh.token);
+  while (pair.a.moved === 0) pair.clock.step();
+  pair.a.h.close("x4");
+  pair.drive();
+  assert.deepEqual(pair.take("pa"), [["bye", "r:pa", "r:x"]]);
+  assert.deepEqual(pair.take("pb"), [["bye", "r:pb", "r:x"]]);
+  assert.deepEqual(pair.take("pc"), [["bye", "r:pc", "r:x"]]);
+  assert.deepEqual(pair.take("qc"), [["bye", "q:qc", "q:x"]]);
+  assert.equal(pair.redis.owner.has("r:x"), false);
+  for (const n of pair.nodes.values()) assert.equal(n.h.broker.sessions, 0);
+});
+
+Deno.test("pair: the old holder's handoff may arrive before the move's own answer", () => {
+  // B's commands are slow, channel messages fast: A hears of the move and
+  // hands over before B reads the move script's reply.
+  const pair = new Pair((id) => () => id === "B" ? 40 : 2, ["A", "B", "C"], () => () => 2);
+  const token = setupAndCut(pair);
+  pair.c.h.call("qc", "signal", "q:qc", "q:x", "kept");
+  pair.drive();
+  pair.b.h.open("x2");
+  pair.b.h.call("x2", "resume", token);
+  pair.drive();
+  assert.equal(pair.b.earlyHandoffs, 1);
+  const { rest } = unseen(pair.take("x2") as Frame[], 0);
+  assert.deepEqual(rest, [["signal", "q:x", "q:qc", "kept"]]);
+  for (const p of PEERS) assert.deepEqual(pair.take(p), [], `${p} heard nothing`);
 });

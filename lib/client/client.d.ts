@@ -131,6 +131,24 @@ export interface SignalEvents {
   auth: { sub: string; exp: number | null };
   /** The server accepted a proof of `ident` on this connection. */
   prove: { ident: string };
+  /**
+   * The server granted a resumable session (`resumable: true`), or there is
+   * none (any more): the server has no sessions (`detail` holds its
+   * `unknown-call` or `unavailable`), a resume was refused (the client then
+   * joins its rooms again), or another connection resumed it (close 4001).
+   * The session's token is never part of an event.
+   */
+  session: { resumable: boolean; detail: string };
+  /**
+   * After a reconnect the session was resumed: the client holds `idents`
+   * (global idents, as the server listed them) on the new socket with no
+   * re-join, and peers saw no `bye` and no new `stun`. Frames kept for it
+   * follow as usual (`signal` events…), then the signals made while away go
+   * out. `missed` counts frames sent to the old socket that the server could
+   * no longer re-send (0 unless the old socket stayed dead, unnoticed, for
+   * longer than the server's grace).
+   */
+  resume: { idents: string[]; missed: number };
 }
 
 /** Backoff of reconnect attempts: `min(maxDelay, initialDelay·factorⁿ)`, less up to `jitter` of it. */
@@ -182,6 +200,17 @@ export interface SignalClientOptions {
    * connection.
    */
   keyPair?: CryptoKeyPair | true;
+  /**
+   * Ask the server for a resumable session (default `true`): after a drop,
+   * the client sends `["resume", token]` first on the new socket and keeps
+   * every ident without a re-join; peers see nothing. A server without
+   * sessions (it answers `unknown-call` or `unavailable`) is used as before,
+   * and a refused resume falls back to joining again. `false` never asks.
+   * Since the server keeps a session's idents for its grace however the
+   * socket closed, {@link SignalClient.close} and, in a browser, the page's
+   * `pagehide` leave them first, so peers get their `bye` at once.
+   */
+  session?: boolean;
   /** `false` to never reconnect; else the backoff. */
   reconnect?: ReconnectOptions | false;
   /** Milliseconds a request waits for its reply (default 10000). */
@@ -213,6 +242,8 @@ export declare class SignalClient extends Emitter<SignalEvents> {
   readonly keyIdent: string | undefined;
   /** Unix seconds at which the token in force expires, when known. */
   readonly tokenExpiry: number | undefined;
+  /** Whether a resumable session is held: after a drop the client would resume it. */
+  readonly resumable: boolean;
   /** Makes an Ed25519 key pair for a key ident (private key not extractable). */
   static generateKeyPair(): Promise<CryptoKeyPair>;
   /** The key ident of an Ed25519 public key. */
@@ -237,13 +268,21 @@ export declare class SignalClient extends Emitter<SignalEvents> {
   prove(): Promise<void>;
   /** Leaves the room of the global ident `global`. */
   leave(global: string): Promise<void>;
-  /** Relays `data` from our `from` to the peer `to`; false when not connected. */
+  /**
+   * Relays `data` from our `from` to the peer `to`. While a session's socket
+   * is down, signals are kept (up to 256) and sent once it resumes (dropped
+   * if it cannot be); false when the signal can be neither sent nor kept.
+   */
   signal(from: string, to: string, data: unknown): boolean;
   /** Asks for ICE servers (STUN, and TURN with fresh credentials). */
   ice(): Promise<IceServer[]>;
   /** One round trip to the server. */
   ping(): Promise<void>;
-  /** Closes for good (no reconnect); resolves once the socket has closed. */
+  /**
+   * Closes for good (no reconnect); resolves once the socket has closed.
+   * With a session, every held ident is left first, so peers get their
+   * `bye` at once rather than after the server's grace.
+   */
   close(): Promise<void>;
 }
 
@@ -282,7 +321,13 @@ export interface MeshOptions {
   channelLabel?: string;
 }
 
-/** A full mesh of WebRTC data channels among the members of one room. */
+/**
+ * A full mesh of WebRTC data channels among the members of one room. Pairs
+ * outlive a drop of the signal socket: only `bye`, a failed or closed peer
+ * connection, a closed channel, `leave()` or `close()` end one. With a
+ * resumed session they simply go on; after a re-join (no session, or the
+ * resume refused) each pair is announced again and replaced.
+ */
 export declare class Mesh extends Emitter<MeshEvents> {
   /** A mesh that negotiates through `client`. */
   constructor(client: SignalClient, options?: MeshOptions);

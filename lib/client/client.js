@@ -5,14 +5,17 @@
  * - {@link SignalClient}: one WebSocket to the signal server; requests
  *   (`ident`, `join`, `leave`, `ice`, `ping`) as promises, server messages as
  *   typed events; reconnects with exponential backoff and jitter after a drop
- *   and joins its rooms again. With `token` it presents a bearer token (JWT)
+ *   and resumes its session (every ident held on, peers see nothing) or,
+ *   when the server has no sessions or refuses the resume, joins its rooms
+ *   again. With `token` it presents a bearer token (JWT)
  *   and refreshes it before it expires; with `keyPair` it proves its key
  *   ident (an Ed25519 public key) before joining with it.
  * - {@link Mesh}: one `RTCPeerConnection` with a data channel per peer of a
  *   room, negotiated through the signal server. Its signal payloads use
  *   simple-peer's format (`{type:"offer"|"answer", sdp}`,
  *   `{type:"candidate", candidate}`), so it talks to DIVA clients built on
- *   simple-peer.
+ *   simple-peer. Peer connections outlive a drop of the signal socket: only
+ *   `bye`, a failed or closed connection, a leave or `close()` end a pair.
  *
  * This file is served as-is at `/client.js` (no build step); its types live
  * in `client.d.ts` beside it.
@@ -34,6 +37,12 @@ const MIN_REFRESH_MS = 250;
 
 /** The longest delay a timer takes (about 24.8 days); a longer one would fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Signals kept while a session's socket is down, sent once it resumes. */
+const MAX_PARKED_SIGNALS = 256;
+
+/** The close code of a socket whose session was resumed on another connection. */
+const RESUMED_ELSEWHERE = 4001;
 
 /**
  * Unpadded base64url of `bytes`.
@@ -270,6 +279,37 @@ export class SignalClient extends Emitter {
    * @type {{proven: Set<string>, proving: Promise<void> | undefined}}
    */
   #session = { proven: new Set(), proving: undefined };
+  /** What the previous socket proved (a resume carries it over). @type {Set<string>} */
+  #provenBefore = new Set();
+  /** Whether to ask the server for a resumable session. */
+  #wantSession = true;
+  /**
+   * The resume token of the session held (a secret: never logged, emitted
+   * or put in an error). @type {string | undefined}
+   */
+  #resumeToken;
+  /** Frames received since the last `session` or `resume` reply, while {@link #counting}. */
+  #seen = 0;
+  /** Whether frames count towards {@link #seen} (from a session or resume reply on). */
+  #counting = false;
+  /** Frames the server re-sends after a resume that this client already has: dropped. */
+  #skip = 0;
+  /**
+   * Re-sent frames after those, which the old socket lost: handled as events,
+   * but a reply among them answered a request that already failed with that
+   * socket, so it settles no request made since.
+   */
+  #orphans = 0;
+  /** The socket a resume was sent on, until its reply. @type {WebSocket | undefined} */
+  #resuming;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  #resumeTimer;
+  /** Signals made while the session's socket is down, sent after the resume. @type {string[]} */
+  #parked = [];
+  /** Global idents given up after a resume, whose `leave` reply is no news. @type {Set<string>} */
+  #quietLeaves = new Set();
+  /** In a browser, what leaves when the page goes away. @type {(() => void) | undefined} */
+  #onPageHide;
 
   /**
    * @param {string | URL} [url] the server's WebSocket URL (`ws:`/`wss:`;
@@ -302,6 +342,13 @@ export class SignalClient extends Emitter {
       throw new TypeError('options.tokenIn must be "protocol", "query" or "auth"');
     }
     this.#refreshBefore = o.refreshBefore ?? 60000;
+    this.#wantSession = o.session !== false;
+    if (typeof document !== "undefined" && typeof globalThis.addEventListener === "function") {
+      // A page that goes away (a closed tab, a navigation) means it: without
+      // this, peers would wait for the session's grace to hear of it.
+      this.#onPageHide = () => this.#leaveSession();
+      globalThis.addEventListener("pagehide", this.#onPageHide);
+    }
     if (o.keyPair !== undefined && o.keyPair !== false) {
       this.#keyReady = (async () => {
         const pair = o.keyPair === true ? await generateKeyPair() : o.keyPair;
@@ -356,6 +403,14 @@ export class SignalClient extends Emitter {
   /** The global idents held, in join order. */
   get joined() {
     return [...this.#held.keys()];
+  }
+
+  /**
+   * Whether the client holds a resumable session: after a drop it would
+   * resume it rather than join its rooms again.
+   */
+  get resumable() {
+    return this.#resumeToken !== undefined;
   }
 
   /** Resolves once the socket is open (at once if it is). */
@@ -474,15 +529,24 @@ export class SignalClient extends Emitter {
 
   /**
    * Relays `data` from our global ident `from` to the peer `to`. Returns
-   * false when the socket is not open (signals are not queued: after a
-   * reconnect every pair is announced afresh).
+   * false when it can be neither sent nor kept. While a session's socket is
+   * down (or its resume is under way) signals are kept, in order, and sent
+   * once it resumes; they are dropped if it cannot be resumed (the client
+   * then joins again, and every pair is announced afresh). Without a session,
+   * a signal made while the socket is not open is dropped.
    * @param {string} from
    * @param {string} to
    * @param {unknown} data
    */
   signal(from, to, data) {
-    if (this.#state !== "open" || this.#ws === undefined) return false;
-    this.#ws.send(JSON.stringify(["signal", from, to, data]));
+    if (this.#state === "closed") return false;
+    const frame = JSON.stringify(["signal", from, to, data]);
+    if (this.#state === "open" && this.#ws !== undefined && this.#resuming === undefined) {
+      this.#ws.send(frame);
+      return true;
+    }
+    if (this.#resumeToken === undefined || this.#parked.length >= MAX_PARKED_SIGNALS) return false;
+    this.#parked.push(frame);
     return true;
   }
 
@@ -502,14 +566,20 @@ export class SignalClient extends Emitter {
    */
   close() {
     if (this.#closing !== undefined) return this.#closing;
+    const ws = this.#ws;
+    this.#leaveSession();
+    if (this.#onPageHide !== undefined) {
+      globalThis.removeEventListener("pagehide", this.#onPageHide);
+      this.#onPageHide = undefined;
+    }
     this.#state = "closed";
+    this.#forgetSession();
     clearTimeout(this.#retryTimer);
     clearInterval(this.#heartbeatTimer);
     clearTimeout(this.#refreshTimer);
     const lost = new Error("client closed");
     for (const { req } of this.#outgoing.splice(0)) if (req) this.#settle(req, lost);
     this.#failInflight(lost);
-    const ws = this.#ws;
     this.#closing = new Promise((resolve) => {
       if (ws === undefined || ws.readyState === this.#WebSocket.CLOSED) resolve();
       else {
@@ -518,6 +588,24 @@ export class SignalClient extends Emitter {
       }
     });
     return this.#closing;
+  }
+
+  /**
+   * With a session, the server would keep the idents held for its grace
+   * after the socket closes: leaving them now gives peers their `bye` at
+   * once. The client still counts them as held (a page restored from the
+   * back-forward cache reconnects and joins them again).
+   */
+  #leaveSession() {
+    const ws = this.#ws;
+    if (
+      this.#resumeToken === undefined || this.#state !== "open" || this.#resuming !== undefined ||
+      ws === undefined || ws.readyState !== this.#WebSocket.OPEN
+    ) return;
+    for (const g of this.#held.keys()) {
+      this.#quietLeaves.add(g);
+      ws.send(JSON.stringify(["leave", g]));
+    }
   }
 
   /**
@@ -636,11 +724,34 @@ export class SignalClient extends Emitter {
       return;
     }
     this.#ws = ws;
+    // Until a resume or a fresh start, what every socket of the session proved.
+    this.#provenBefore = this.#resumeToken === undefined
+      ? this.#session.proven
+      : new Set([...this.#provenBefore, ...this.#session.proven]);
     this.#session = { proven: new Set(), proving: undefined };
+    // Frames count again from this socket's session or resume reply.
+    this.#counting = false;
+    this.#skip = 0;
+    this.#orphans = 0;
+    this.#resuming = undefined;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (e) => {
-      if (this.#ws === ws && typeof e.data === "string") this.#onMessage(e.data);
+      if (this.#ws !== ws || typeof e.data !== "string") return;
+      let orphan = false;
+      if (this.#counting) {
+        this.#seen++;
+        // Re-sent after a resume, and already received before the drop.
+        if (this.#skip > 0) {
+          this.#skip--;
+          return;
+        }
+        if (this.#orphans > 0) {
+          this.#orphans--;
+          orphan = true;
+        }
+      }
+      this.#onMessage(e.data, orphan);
     };
     ws.onerror = () => {/* a close event follows */};
     ws.onclose = (e) => this.#onClose(ws, e.code, e.reason);
@@ -673,9 +784,96 @@ export class SignalClient extends Emitter {
         });
       }, this.#heartbeat);
     }
-    for (const [g, { room, ident }] of this.#held) this.#rejoin(g, room, ident, 0);
+    if (this.#resumeToken !== undefined) {
+      // Before anything else but the token: the frames after it run on the
+      // resumed connection (or, refused, on a fresh one that joins again).
+      this.#resuming = ws;
+      ws.send(JSON.stringify(["resume", this.#resumeToken]));
+      this.#resumeTimer = setTimeout(() => {
+        // No answer: try again on a new socket (the token is still good if
+        // the server never took the resume).
+        if (this.#resuming === ws && this.#ws === ws) ws.close(4000, "resume timed out");
+      }, this.#requestTimeout);
+    } else this.#fresh(ws);
     for (const { frame, req } of this.#outgoing.splice(0)) this.#send(frame, req);
     this.emit("open", { reconnected });
+  }
+
+  /**
+   * A connection with nothing to resume: asks for a session (when wanted)
+   * and claims every held global ident again.
+   * @param {WebSocket} ws
+   */
+  #fresh(ws) {
+    if (this.#wantSession) ws.send('["session"]');
+    for (const [g, { room, ident }] of this.#held) this.#rejoin(g, room, ident, 0);
+  }
+
+  /** Drops the session: the token, the count of frames, the signals kept for a resume. */
+  #forgetSession() {
+    this.#resumeToken = undefined;
+    this.#counting = false;
+    this.#skip = 0;
+    this.#orphans = 0;
+    this.#seen = 0;
+    this.#parked.length = 0;
+    this.#resuming = undefined;
+    clearTimeout(this.#resumeTimer);
+  }
+
+  /**
+   * The server resumed the session on this socket: the rotated token and
+   * the idents it holds are ours, with no re-join. Frames it re-sends that
+   * arrived before the drop are skipped; the rest are handled as usual.
+   * @param {any} info `{token, idents, from}`
+   */
+  #resumed(info) {
+    const ws = this.#ws;
+    clearTimeout(this.#resumeTimer);
+    this.#resuming = undefined;
+    const o = info !== null && typeof info === "object" ? info : {};
+    const idents = Array.isArray(o.idents) ? o.idents.map(String) : [];
+    const had = this.#seen;
+    // The server's count of frames before the first one that follows (a
+    // server that does not say re-sends nothing this client already has).
+    const from = typeof o.from === "number" && o.from >= 0 ? o.from : had;
+    if (typeof o.token === "string" && o.token !== "") this.#resumeToken = o.token;
+    else this.#forgetSession();
+    // How many re-sent frames follow (without it, the ones skipped are all
+    // that is known of them).
+    const resent = typeof o.resent === "number" && o.resent >= 0 ? o.resent : undefined;
+    this.#seen = 0;
+    this.#counting = this.#resumeToken !== undefined;
+    this.#skip = Math.max(0, had - from);
+    if (resent !== undefined && this.#skip > resent) this.#skip = resent;
+    this.#orphans = resent === undefined ? 0 : resent - this.#skip;
+    for (const id of this.#provenBefore) this.#session.proven.add(id);
+    // What the application sent while away goes first, in its order.
+    for (const frame of this.#parked.splice(0)) ws?.send(frame);
+    const onServer = new Set(idents);
+    for (const g of idents) {
+      if (this.#held.has(g)) continue;
+      // Left while away, or claimed by a join this client was told failed.
+      this.#quietLeaves.add(g);
+      ws?.send(JSON.stringify(["leave", g]));
+    }
+    for (const [g, { room, ident }] of this.#held) {
+      if (!onServer.has(g)) this.#rejoin(g, room, ident, 0);
+    }
+    this.emit("resume", { idents, missed: Math.max(0, from - had) });
+  }
+
+  /**
+   * The server refused the resume (the grace ran out, the token is unknown,
+   * or the connection may not take the idents): start afresh, as a client
+   * without sessions would.
+   * @param {string} detail
+   */
+  #resumeRefused(detail) {
+    const ws = this.#ws;
+    this.#forgetSession();
+    this.emit("session", { resumable: false, detail });
+    if (ws !== undefined && this.#state === "open") this.#fresh(ws);
   }
 
   /**
@@ -720,6 +918,13 @@ export class SignalClient extends Emitter {
     if (this.#ws !== ws) return;
     clearInterval(this.#heartbeatTimer);
     clearTimeout(this.#refreshTimer);
+    clearTimeout(this.#resumeTimer);
+    this.#resuming = undefined;
+    if (code === RESUMED_ELSEWHERE && this.#resumeToken !== undefined) {
+      // Another connection took the session over: its token is spent.
+      this.#forgetSession();
+      this.emit("session", { resumable: false, detail: reason });
+    }
     this.#failInflight(new Error(`connection lost (${code})`));
     if (this.#state === "closed") {
       this.#closed?.();
@@ -741,6 +946,7 @@ export class SignalClient extends Emitter {
       typeof this.#token === "string";
     if (this.#reconnect === false || expired) {
       this.#state = "closed";
+      this.#forgetSession();
       this.#closing = Promise.resolve();
       for (const { req } of this.#outgoing.splice(0)) {
         if (req) this.#settle(req, new Error("closed"));
@@ -807,8 +1013,12 @@ export class SignalClient extends Emitter {
     return Math.round(base * (1 - r.jitter * Math.random()));
   }
 
-  /** @param {string} text */
-  #onMessage(text) {
+  /**
+   * @param {string} text
+   * @param {boolean} orphan re-sent after a resume, lost with the old socket:
+   *   a reply among such frames settles no request (its own failed already)
+   */
+  #onMessage(text, orphan) {
     /** @type {unknown} */
     let msg;
     try {
@@ -818,26 +1028,43 @@ export class SignalClient extends Emitter {
     }
     if (!Array.isArray(msg) || typeof msg[0] !== "string") return;
     const m = /** @type {any[]} */ (msg);
+    /** @type {(kind: string, key?: string) => Req | undefined} */
+    const take = orphan ? () => undefined : (kind, key) => this.#take(kind, key);
     switch (m[0]) {
       case "ident": {
-        const req = this.#take("ident");
+        const req = take("ident");
         if (req) this.#settle(req, undefined, m[1]);
         return;
       }
       case "join": {
         const g = String(m[1]);
-        const req = this.#take("join", g);
+        const req = take("join", g);
         if (req) this.#settle(req, undefined, g);
+        // Claimed by a join this client was told failed: given up again.
+        if (this.#quietLeaves.has(g)) return;
         const i = g.indexOf(":");
         this.emit("join", { global: g, room: g.slice(0, i), ident: g.slice(i + 1) });
         return;
       }
       case "leave": {
-        const req = this.#take("leave", String(m[1]));
+        const g = String(m[1]);
+        const req = take("leave", g);
         if (req) this.#settle(req, undefined, undefined);
-        this.emit("leave", { global: m[1] });
+        if (!this.#quietLeaves.delete(g)) this.emit("leave", { global: m[1] });
         return;
       }
+      case "session": {
+        if (orphan || typeof m[1] !== "string" || m[1] === "") return;
+        this.#resumeToken = m[1];
+        // The server counts what it sends from here on; so does the client.
+        this.#seen = 0;
+        this.#counting = true;
+        this.emit("session", { resumable: true, detail: "" });
+        return;
+      }
+      case "resume":
+        if (!orphan && this.#resuming === this.#ws) this.#resumed(m[1]);
+        return;
       case "stun":
         this.emit("stun", { local: m[1], remote: m[2], initiator: m[3] === true });
         return;
@@ -848,40 +1075,49 @@ export class SignalClient extends Emitter {
         this.emit("bye", { local: m[1], remote: m[2] });
         return;
       case "ice": {
-        const req = this.#take("ice");
+        const req = take("ice");
         if (req) this.#settle(req, undefined, Array.isArray(m[1]) ? m[1] : []);
         return;
       }
       case "pong": {
-        const req = this.#take("ping");
+        const req = take("ping");
         if (req) this.#settle(req, undefined, undefined);
         return;
       }
       case "auth": {
         const o = m[1] !== null && typeof m[1] === "object" ? m[1] : {};
         const value = { sub: String(o.sub ?? ""), exp: typeof o.exp === "number" ? o.exp : null };
-        const req = this.#take("auth");
+        const req = take("auth");
         if (req) this.#settle(req, undefined, value);
         this.emit("auth", value);
         return;
       }
       case "challenge": {
-        const req = this.#take("challenge");
+        const req = take("challenge");
         if (req) this.#settle(req, undefined, String(m[1]));
         return;
       }
       case "prove": {
-        const req = this.#take("prove", String(m[1])) ?? this.#take("prove");
+        const req = take("prove", String(m[1])) ?? take("prove");
         if (req) this.#settle(req, undefined, undefined);
         this.emit("prove", { ident: String(m[1]) });
         return;
       }
       case "error": {
         const [, call, code, detail] = m.map(String);
+        if (call === "session") {
+          // A server without sessions (unknown-call, unavailable): as before.
+          if (!orphan) this.emit("session", { resumable: false, detail: `${code}: ${detail}` });
+          return;
+        }
+        if (call === "resume") {
+          if (!orphan && this.#resuming === this.#ws) this.#resumeRefused(`${code}: ${detail}`);
+          return;
+        }
         if (REQUEST_KINDS.includes(call)) {
           // ident-taken names the global ident; other failures answer the oldest request.
-          const req = this.#take(call, code === "ident-taken" ? detail : undefined) ??
-            this.#take(call);
+          const req = take(call, code === "ident-taken" ? detail : undefined) ??
+            take(call);
           if (req) this.#settle(req, new SignalError(call, code, detail));
         }
         this.emit("error", { call, code, detail });
@@ -908,6 +1144,9 @@ const MAX_EARLY = 64;
 
 /**
  * A full mesh of WebRTC data channels among the members of one room.
+ * A drop of the client's socket tears nothing down: with a resumed session
+ * the pairs simply go on (signals made meanwhile are sent after the resume);
+ * after a re-join each pair is announced again and replaced.
  */
 export class Mesh extends Emitter {
   /** @type {SignalClient} */

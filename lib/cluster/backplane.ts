@@ -12,6 +12,7 @@
  * @module
  */
 
+import type { Handoff } from "../diva/broker.ts";
 import type { Sink } from "./sequencer.ts";
 
 /**
@@ -33,14 +34,29 @@ export interface Backplane {
  * `Broker` in `lib/diva/broker.ts`, which implements this interface.
  */
 export interface ClusterBroker extends Sink {
-  /** A frame relayed from another instance for local member `g`. */
-  deliver(g: string, frame: string): void;
+  /**
+   * A frame relayed from another instance for local member `g` (or one
+   * moving here with a resumed session); false when `g` is neither.
+   */
+  deliver(g: string, frame: string): boolean;
   /** Every member held by `instance` left (the instance died). */
   instanceGone(instance: string): void;
   /** Every global ident held by local connections, room by room in join order. */
   localMembers(): { g: string; room: string }[];
   /** Instances holding members this instance sees. */
   remoteInstances(): string[];
+  /** The session connection `conn` resumes is held elsewhere, with `idents`. */
+  sessionFound(conn: number, idents: readonly string[]): void;
+  /** The resume of connection `conn` is refused. */
+  resumeRefused(conn: number, code: "forbidden" | "unavailable", detail: string): void;
+  /** The token of a session held here was replaced for the resume of connection `conn`. */
+  sessionRotated(conn: number): void;
+  /** Session `token`, held here, moved to connection `conn` on `instance`. */
+  sessionMoved(token: string, instance: string, conn: number): void;
+  /** What the old holder handed over for the resume of connection `conn` (null: nothing). */
+  sessionHandoff(conn: number, handoff: Handoff | null): void;
+  /** The sessions held here (for recovery). */
+  localSessions(): { token: string; idents: string[]; graceMs: number }[];
 }
 
 /** Settings of a cluster member. */

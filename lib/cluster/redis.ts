@@ -25,14 +25,24 @@
  * re-registers its members, flushes the releases it could not make, and
  * re-reads the rooms it watches.
  *
+ * Resumable sessions live cluster-wide too (`docs/cluster.md`): each is
+ * recorded as `sig:sess:<sha256(token)>` (never the token) with its holder
+ * and idents, expiring with the grace once its socket is gone. A resume of a
+ * token this instance does not hold looks the record up, lets the broker
+ * check the idents, subscribes to their rooms and runs the move script,
+ * which moves every ident here at once and publishes one `m` event per
+ * ident; the old holder learns of it on `sig:to:<id>` and hands over what it
+ * kept for the session (`\x01h|<conn>|<json>`), which completes the resume.
+ *
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { Redis } from "ioredis";
-import type { Directory } from "../diva/broker.ts";
+import type { Directory, Handoff } from "../diva/broker.ts";
 import { logger } from "../log.ts";
 import type { Backplane, BackplaneOptions, ClusterBroker } from "./backplane.ts";
-import { type Reply, SCRIPTS, type Scripts } from "./scripts.ts";
+import { type Reply, SCRIPTS, type Scripts, TOMBSTONE_MS } from "./scripts.ts";
 import {
   type ClaimAnswer,
   type Holder,
@@ -48,6 +58,18 @@ const PRUNE_AFTER_MS = 3000;
 const COMMAND_TIMEOUT_MS = 2000;
 /** Heartbeats in a row that may fail before the link is deemed dead and reopened. */
 const MAX_MISSED_HEARTBEATS = 2;
+/** How long a resume waits for the old holder's handoff before it completes without it. */
+const HANDOFF_TIMEOUT_MS = 5000;
+/** How long a relay for an ident that moved away is forwarded to its new holder. */
+const FORWARD_MS = 10_000;
+
+const UNAVAILABLE = "the cluster is unreachable; retry later";
+const NO_SESSION = "no such session (expired, used, or never issued)";
+
+/** The key part of a session's record: the hex SHA-256 of its token (the token is never stored). */
+export function tokenHash(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
 
 /** Settings of the Redis backplane. */
 export interface RedisBackplaneOptions extends BackplaneOptions {
@@ -66,7 +88,7 @@ function parseEvent(msg: string): RoomEvent | undefined {
   const c = msg.indexOf("|", b + 1);
   if (a < 0 || b < 0 || c < 0) return undefined;
   const kind = msg.slice(a + 1, b);
-  if (kind !== "j" && kind !== "l" && kind !== "r") return undefined;
+  if (kind !== "j" && kind !== "l" && kind !== "r" && kind !== "m") return undefined;
   return { seq: Number(msg.slice(0, a)), kind, instance: msg.slice(b + 1, c), g: msg.slice(c + 1) };
 }
 
@@ -83,6 +105,22 @@ function claimAnswer(reply: Reply): ClaimAnswer {
   if (reply[0] === "taken") return { kind: "taken" };
   if (reply[0] === "full") return { kind: "full" };
   return { kind: "ok", seq: Number(reply[1]), members: holders(reply, 2) };
+}
+
+/** The per-ident answers of the move script, `['ok', seq, n, g, owner…, seq, n, …]`. */
+function moveAnswers(reply: Reply): { seq: number; members: Holder[] }[] {
+  const out: { seq: number; members: Holder[] }[] = [];
+  let at = 1;
+  while (at + 1 < reply.length) {
+    const n = Number(reply[at + 1]);
+    const members: Holder[] = [];
+    for (let i = 0; i < n; i++) {
+      members.push({ g: String(reply[at + 2 + 2 * i]), instance: String(reply[at + 3 + 2 * i]) });
+    }
+    out.push({ seq: Number(reply[at]), members });
+    at += 2 + 2 * n;
+  }
+  return out;
 }
 
 /**
@@ -114,6 +152,18 @@ export class RedisBackplane implements Backplane, Directory {
   readonly #subscribed = new Map<string, Promise<unknown>>();
   /** Releases that could not be made while Redis was away, by global ident. */
   readonly #unreleased = new Map<string, string>();
+  /** Tokens of the sessions held here, by their hash (to name them to the broker). */
+  readonly #tokens = new Map<string, string>();
+  /** Holders found by a resume's look-up, by the resuming connection's id. */
+  readonly #found = new Map<number, string>();
+  /**
+   * Resumes that wait for the old holder's handoff, by connection id, with
+   * the timer that gives up on it (set once the move answered; the handoff
+   * may come first).
+   */
+  readonly #handoffs = new Map<number, ReturnType<typeof setTimeout> | undefined>();
+  /** Idents that moved from here to another instance, and when: relays for them follow. */
+  readonly #movedAway = new Map<string, { to: string; at: number }>();
   /** Remote instances seen missing, with when. */
   readonly #missingSince = new Map<string, number>();
   readonly #inFlight = new Set<Promise<unknown>>();
@@ -183,6 +233,8 @@ export class RedisBackplane implements Backplane, Directory {
     this.#stopped = true;
     clearInterval(this.#timer);
     clearTimeout(this.#pruneTimer);
+    for (const t of this.#handoffs.values()) clearTimeout(t);
+    this.#handoffs.clear();
     await Promise.allSettled([...this.#inFlight]);
     if (this.#cmd.status === "ready") {
       await Promise.allSettled([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
@@ -200,12 +252,7 @@ export class RedisBackplane implements Backplane, Directory {
       queueMicrotask(() => seq.claimUnavailable(conn, room));
       return;
     }
-    let subscribed = this.#subscribed.get(room);
-    if (subscribed === undefined) {
-      subscribed = this.#sub.subscribe(`sig:ev:${room}`);
-      subscribed.catch(() => {});
-      this.#subscribed.set(room, subscribed);
-    }
+    const subscribed = this.#subscribe(room);
     const view = seq.claimStarted(room);
     const g = room + ":" + ident;
     this.#track((async () => {
@@ -220,6 +267,17 @@ export class RedisBackplane implements Backplane, Directory {
       }
       seq.claimAnswered(view, conn, ident, claimAnswer(reply));
     })());
+  }
+
+  /** Subscribes to a room's channel, once; settles when acknowledged. */
+  #subscribe(room: string): Promise<unknown> {
+    let subscribed = this.#subscribed.get(room);
+    if (subscribed === undefined) {
+      subscribed = this.#sub.subscribe(`sig:ev:${room}`);
+      subscribed.catch(() => {});
+      this.#subscribed.set(room, subscribed);
+    }
+    return subscribed;
   }
 
   /** {@link Directory.release}: releases now, or once Redis is back. */
@@ -245,6 +303,171 @@ export class RedisBackplane implements Backplane, Directory {
     this.#sub.unsubscribe(`sig:ev:${room}`).catch(() => {});
   }
 
+  /**
+   * {@link Directory.sessionHeld}: records (or updates) the session's
+   * record. While Redis is away nothing is written: recovery records every
+   * session held here.
+   */
+  sessionHeld(token: string, idents: readonly string[], graceMs: number, replaces?: string): void {
+    const h = tokenHash(token);
+    const known = this.#tokens.has(h);
+    this.#tokens.set(h, token);
+    let prev = "";
+    if (replaces !== undefined) {
+      prev = tokenHash(replaces);
+      this.#tokens.delete(prev);
+    }
+    if (!this.#ready) return;
+    const mode = known ? "set" : "new";
+    this.#track(
+      this.#cmd.sigSessPut(h, this.id, idents.join(" "), graceMs, mode, prev).catch((e) =>
+        this.#log.debug("session record failed: {error}", { error: (e as Error).message })
+      ),
+    );
+  }
+
+  /** {@link Directory.sessionEnded}: drops the session's record (or recovery does). */
+  sessionEnded(token: string): void {
+    const h = tokenHash(token);
+    this.#tokens.delete(h);
+    if (!this.#ready) return;
+    this.#track(this.#cmd.sigSessDrop(h, this.id).catch(() => {}));
+  }
+
+  /** {@link Directory.lookup}: finds a session held on another instance. */
+  lookup(conn: number, token: string): void {
+    const broker = this.#broker!;
+    if (!this.#ready) {
+      queueMicrotask(() => broker.resumeRefused(conn, "unavailable", UNAVAILABLE));
+      return;
+    }
+    this.#track((async () => {
+      let reply: Reply;
+      try {
+        reply = await this.#cmd.sigSessPeek(tokenHash(token), this.id);
+      } catch {
+        broker.resumeRefused(conn, "unavailable", UNAVAILABLE);
+        return;
+      }
+      if (reply[0] !== "ok") {
+        broker.resumeRefused(conn, "forbidden", NO_SESSION);
+        return;
+      }
+      this.#found.set(conn, String(reply[1]));
+      const idents = String(reply[2]);
+      broker.sessionFound(conn, idents === "" ? [] : idents.split(" "));
+      this.#found.delete(conn);
+    })());
+  }
+
+  /**
+   * {@link Directory.take}: moves the session found by {@link lookup} here:
+   * subscribes to its rooms, runs the move script, hands the sequencer one
+   * answer per ident, and waits (bounded) for the old holder's handoff.
+   */
+  take(conn: number, token: string, fresh: string, idents: readonly string[]): void {
+    const seq = this.#seq!;
+    const broker = this.#broker!;
+    const holder = this.#found.get(conn);
+    this.#found.delete(conn);
+    if (!this.#ready || holder === undefined) {
+      queueMicrotask(() => broker.resumeRefused(conn, "unavailable", UNAVAILABLE));
+      return;
+    }
+    const moves = idents.map((g) => {
+      const colon = g.indexOf(":");
+      const room = g.slice(0, colon);
+      const subscribed = this.#subscribe(room);
+      return { room, ident: g.slice(colon + 1), subscribed, view: seq.moveStarted(room) };
+    });
+    const freshHash = tokenHash(fresh);
+    this.#handoffs.set(conn, undefined);
+    this.#track((async () => {
+      let reply: Reply;
+      try {
+        await Promise.all(moves.map((m) => m.subscribed));
+        reply = await this.#cmd.sigSessMove(
+          tokenHash(token),
+          freshHash,
+          this.id,
+          holder,
+          idents.join(" "),
+          conn,
+          TOMBSTONE_MS,
+        );
+      } catch (e) {
+        this.#log.warn("a session move failed: {error}", { error: (e as Error).message });
+        this.#handoffs.delete(conn);
+        for (const m of moves) seq.moveAnswered(m.view, conn, m.ident, { kind: "failed" });
+        broker.resumeRefused(conn, "unavailable", UNAVAILABLE);
+        return;
+      }
+      if (reply[0] !== "ok") {
+        this.#handoffs.delete(conn);
+        for (const m of moves) seq.moveAnswered(m.view, conn, m.ident, { kind: "failed" });
+        const why = reply[0] === "changed" ? "the session changed meanwhile; retry" : NO_SESSION;
+        broker.resumeRefused(conn, "forbidden", why);
+        return;
+      }
+      this.#tokens.set(freshHash, fresh);
+      if (this.#handoffs.has(conn) && !this.#stopped) {
+        this.#handoffs.set(
+          conn,
+          setTimeout(() => {
+            this.#handoffs.delete(conn);
+            broker.sessionHandoff(conn, null);
+          }, HANDOFF_TIMEOUT_MS),
+        );
+      }
+      const answers = moveAnswers(reply);
+      moves.forEach((m, i) => {
+        const a = answers[i];
+        seq.moveAnswered(m.view, conn, m.ident, { kind: "ok", seq: a.seq, members: a.members });
+      });
+    })());
+  }
+
+  /**
+   * {@link Directory.rotate}: a resume of a session held here: its record
+   * is replaced by the fresh token's, unless it moved away meanwhile. While
+   * Redis is away the resume goes ahead (recovery records the session).
+   */
+  rotate(conn: number, token: string, fresh: string, idents: readonly string[]): void {
+    const broker = this.#broker!;
+    const h = tokenHash(token);
+    const freshHash = tokenHash(fresh);
+    if (!this.#ready) {
+      this.#tokens.delete(h);
+      this.#tokens.set(freshHash, fresh);
+      queueMicrotask(() => broker.sessionRotated(conn));
+      return;
+    }
+    this.#track((async () => {
+      let ok: number;
+      try {
+        ok = await this.#cmd.sigSessRotate(h, freshHash, this.id, idents.join(" "));
+      } catch {
+        broker.resumeRefused(conn, "unavailable", UNAVAILABLE);
+        return;
+      }
+      if (ok !== 1) {
+        broker.resumeRefused(conn, "forbidden", NO_SESSION);
+        return;
+      }
+      this.#tokens.delete(h);
+      this.#tokens.set(freshHash, fresh);
+      broker.sessionRotated(conn);
+    })());
+  }
+
+  /** {@link Directory.handoff}: what a moved session kept, to its new holder, behind earlier relays. */
+  handoff(instance: string, conn: number, handoff: Handoff | null): void {
+    // Also while recovering: a move missed while the link was down is found then.
+    if (this.#cmd.status !== "ready") return;
+    const msg = `\x01h|${conn}|${JSON.stringify(handoff)}`;
+    this.#cmd.publish(`sig:to:${instance}`, msg).catch(() => {});
+  }
+
   async #release(g: string, room: string): Promise<void> {
     try {
       await this.#cmd.sigRelease(g, room, this.id);
@@ -261,12 +484,68 @@ export class RedisBackplane implements Backplane, Directory {
 
   #message(channel: string, message: string): void {
     if (channel.startsWith("sig:to:")) {
+      if (message.charCodeAt(0) === 1) {
+        this.#control(message);
+        return;
+      }
       const nl = message.indexOf("\n");
-      if (nl > 0) this.#broker?.deliver(message.slice(0, nl), message.slice(nl + 1));
+      if (nl <= 0) return;
+      const g = message.slice(0, nl);
+      const frame = message.slice(nl + 1);
+      if (this.#broker?.deliver(g, frame) === false) this.#forward(g, frame);
       return;
     }
     const ev = parseEvent(message);
-    if (ev !== undefined) this.#seq?.event(channel.slice("sig:ev:".length), ev);
+    if (ev === undefined) return;
+    if (ev.kind === "m" && ev.instance !== this.id) {
+      this.#movedAway.set(ev.g, { to: ev.instance, at: this.#now() });
+    }
+    this.#seq?.event(channel.slice("sig:ev:".length), ev);
+  }
+
+  /**
+   * A relay for an ident not held here: if it moved away lately (the sender
+   * had not heard yet), it goes on to its new holder, once.
+   */
+  #forward(g: string, frame: string): void {
+    const moved = this.#movedAway.get(g);
+    if (moved === undefined || moved.to === this.id || !this.#ready) return;
+    this.#cmd.publish(`sig:to:${moved.to}`, `\x01f|${g}\n${frame}`).catch(() => {});
+  }
+
+  /**
+   * Session messages on this instance's channel: `m` (the move script: a
+   * session held here moved), `h` (the old holder's handoff for a resume
+   * made here) and `f` (a relay forwarded by an instance an ident moved from).
+   */
+  #control(message: string): void {
+    const broker = this.#broker;
+    if (broker === undefined) return;
+    const kind = message[1];
+    const body = message.slice(3);
+    if (kind === "m") {
+      const [h, to, conn] = body.split("|");
+      const token = this.#tokens.get(h);
+      this.#tokens.delete(h);
+      if (token !== undefined) broker.sessionMoved(token, to, Number(conn));
+      else this.handoff(to, Number(conn), null);
+    } else if (kind === "h") {
+      const bar = body.indexOf("|");
+      const conn = Number(body.slice(0, bar));
+      if (!this.#handoffs.has(conn)) return;
+      clearTimeout(this.#handoffs.get(conn));
+      this.#handoffs.delete(conn);
+      let handoff: Handoff | null = null;
+      try {
+        handoff = JSON.parse(body.slice(bar + 1)) as Handoff;
+      } catch {
+        this.#log.warn("a session handoff could not be read");
+      }
+      broker.sessionHandoff(conn, handoff);
+    } else if (kind === "f") {
+      const nl = body.indexOf("\n");
+      if (nl > 0) broker.deliver(body.slice(0, nl), body.slice(nl + 1));
+    }
   }
 
   #setReady(ready: boolean): void {
@@ -299,6 +578,7 @@ export class RedisBackplane implements Backplane, Directory {
     try {
       await this.#cmd.sigHeartbeat(this.id, ALIVE_TTL_MS);
       await Promise.all([...this.#unreleased].map(([g, room]) => this.#release(g, room)));
+      await this.#recoverSessions();
       const local = broker.localMembers();
       const mine = new Set(local.map((m) => m.g));
       for (const m of local) {
@@ -321,6 +601,36 @@ export class RedisBackplane implements Backplane, Directory {
       this.#pruneTimer = setTimeout(() => this.#track(this.#prune()), PRUNE_AFTER_MS);
     } catch (e) {
       this.#log.warn("recovery failed, will retry: {error}", { error: (e as Error).message });
+    }
+  }
+
+  /**
+   * Records every session held here again (Redis may have lost them), drops
+   * records of sessions that ended while Redis was away, and hands over the
+   * sessions that moved away meanwhile (their tombstone says where).
+   */
+  async #recoverSessions(): Promise<void> {
+    const broker = this.#broker!;
+    const mine = new Set<string>();
+    for (const s of broker.localSessions()) {
+      const h = tokenHash(s.token);
+      mine.add(h);
+      this.#tokens.set(h, s.token);
+      const r = await this.#cmd.sigSessPut(
+        h,
+        this.id,
+        s.idents.join(" "),
+        s.graceMs,
+        "restore",
+        "",
+      );
+      if (r[0] === "moved") {
+        this.#tokens.delete(h);
+        broker.sessionMoved(s.token, String(r[1]), Number(r[2]));
+      }
+    }
+    for (const h of await this.#cmd.smembers(`sig:ss:${this.id}`)) {
+      if (!mine.has(h) && !this.#tokens.has(h)) await this.#cmd.sigSessDrop(h, this.id);
     }
   }
 
@@ -363,6 +673,8 @@ export class RedisBackplane implements Backplane, Directory {
       }
       await this.#cmd.sigReap();
       await this.#audit();
+      const old = this.#now() - FORWARD_MS;
+      for (const [g, m] of this.#movedAway) if (m.at < old) this.#movedAway.delete(g);
       this.#missedHeartbeats = 0;
     } catch (e) {
       this.#log.debug("heartbeat failed: {error}", { error: (e as Error).message });

@@ -25,8 +25,13 @@
  *   full, or failed.
  * - {@link Sequencer.claimUnavailable}`(conn, room)`: a claim could not even
  *   be sent (the link is down).
- * - {@link Sequencer.event}`(room, ev)`: an event `seq|j/l/r|instance|g`
- *   arrived on the room's channel.
+ * - {@link Sequencer.moveStarted}`(room)` and
+ *   {@link Sequencer.moveAnswered}`(view, conn, ident, answer)`: the same for a
+ *   global ident a resumed session moves here from another instance (the
+ *   move script answers with its `m` event's `seq` and the room's members
+ *   before it). A failed move has no output: the adapter refuses the resume.
+ * - {@link Sequencer.event}`(room, ev)`: an event `seq|j/l/r/m|instance|g`
+ *   arrived on the room's channel (`m`: the member moved to `instance`).
  * - {@link Sequencer.snapshot}`(view, seq, members, prune)`: the room's
  *   members, read at `seq` after its channel was subscribed.
  * - {@link Sequencer.linkDown}`()`: the link to Redis closed.
@@ -48,6 +53,10 @@
  *   is the id of the local connection whose claim it was (its join completes
  *   now), or null for a member held by `instance`.
  * - `memberLeft(g)`: a member held elsewhere left.
+ * - `memberMoved(room, ident, instance, conn)`: a member changed holder
+ *   without leaving (a session resumed on another instance). `conn` is the
+ *   id of the local connection taking it over, or null when it moved to
+ *   `instance` (which may take it away from this instance).
  * - `claimRefused(conn, room, code, detail)`: a claim failed; the join is
  *   answered with `code`.
  *
@@ -71,10 +80,16 @@
  * 3. `event(room, ev)` for each channel message, in the order the channel
  *    delivered them, before, between or after the claim answers: events that
  *    arrive before the view has a snapshot wait for it; an event for this
- *    instance's own join waits for its claim's answer (while one is
- *    outstanding) so the join completes in its turn.
+ *    instance's own join or move waits for its answer (while a claim or move
+ *    is outstanding) so it completes in its turn.
  * 4. `snapshot(view, seq, members, prune)` whenever the adapter re-reads a
  *    room. `seq` must be read in the same step as `members` (one script).
+ *    Members Redis has with another holder than the broker's view (moves
+ *    this instance missed while its link was down) move to that holder.
+ *
+ * Moves go through the same steps as claims: `moveStarted(room)` (subscribe
+ * first), the move script, `moveAnswered` for each global ident in the
+ * order the script moved them.
  * 5. `unwatch(room)` when the broker says so; it keeps the view while claims
  *    are outstanding or waiting for their turn.
  *
@@ -103,6 +118,7 @@
  * const seq = new Sequencer("me", {
  *   memberJoined: (...a) => calls.push(["joined", ...a]),
  *   memberLeft: (g) => calls.push(["left", g]),
+ *   memberMoved: (...a) => calls.push(["moved", ...a]),
  *   claimRefused: (...a) => calls.push(["refused", ...a]),
  *   roomMembers: () => [],
  * });
@@ -120,9 +136,12 @@
 export interface RoomEvent {
   /** Its place in the cluster's one order. */
   seq: number;
-  /** `j` a join, `l` a leave, `r` a member re-registered after Redis lost it. */
-  kind: "j" | "l" | "r";
-  /** The instance holding the member. */
+  /**
+   * `j` a join, `l` a leave, `r` a member re-registered after Redis lost it,
+   * `m` a member moved to another instance (a session resumed there).
+   */
+  kind: "j" | "l" | "r" | "m";
+  /** The instance holding the member (after the event). */
   instance: string;
   /** The global ident, `room:ident`. */
   g: string;
@@ -145,6 +164,13 @@ export type ClaimAnswer =
   /** The room is full, cluster-wide. */
   | { kind: "full" }
   /** The claim did not answer (Redis unreachable or too slow). */
+  | { kind: "failed" };
+
+/** How a move answered. */
+export type MoveAnswer =
+  /** Moved: `seq` is its move event's; `members` the room's members before it, in join order. */
+  | { kind: "ok"; seq: number; members: readonly Holder[] }
+  /** The move did not happen (the session is gone, or Redis did not answer). */
   | { kind: "failed" };
 
 /** The error codes a refused claim answers the join with. */
@@ -170,6 +196,11 @@ export interface Sink {
   memberJoined(room: string, ident: string, instance: string, conn: number | null): void;
   /** A member held on another instance left. */
   memberLeft(g: string): void;
+  /**
+   * A member changed holder without leaving: `conn` is the id of the local
+   * connection taking it over, or null when it is held by `instance` now.
+   */
+  memberMoved(room: string, ident: string, instance: string, conn: number | null): void;
   /** The claim of connection `conn` was refused: its join fails with `code`. */
   claimRefused(conn: number, room: string, code: RefusalCode, detail: string): void;
   /** The broker's members of `room`, in join order. */
@@ -196,9 +227,9 @@ interface Watch extends View {
   applied: number;
   /** Events that arrived and were not applied yet (before the snapshot, or behind our own join). */
   early: RoomEvent[];
-  /** Local claims that succeeded, by the sequence number of their join event. */
-  pending: Map<number, { conn: number; ident: string }>;
-  /** Claims that have not answered yet. */
+  /** Local claims and moves that succeeded, by the sequence number of their event. */
+  pending: Map<number, { conn: number; ident: string; move: boolean }>;
+  /** Claims and moves that have not answered yet. */
   inFlight: number;
 }
 
@@ -270,9 +301,31 @@ export class Sequencer {
         return;
       case "ok":
         if (!w.initialized) this.#initialize(w, answer.seq - 1, answer.members);
-        w.pending.set(answer.seq, { conn, ident });
+        w.pending.set(answer.seq, { conn, ident, move: false });
         this.#pump(w);
     }
+  }
+
+  /**
+   * A move of a global ident of `room` to a local connection is about to be
+   * sent (a resumed session's idents come here): as {@link claimStarted}.
+   */
+  moveStarted(room: string): View {
+    return this.claimStarted(room);
+  }
+
+  /**
+   * The move of `room:ident` to connection `conn` answered. Ok: the member
+   * becomes the connection's once its event's turn comes (perhaps now).
+   * Failed: nothing to do here (the adapter refuses the resume).
+   */
+  moveAnswered(view: View, conn: number, ident: string, answer: MoveAnswer): void {
+    const w = view as Watch;
+    w.inFlight--;
+    if (answer.kind !== "ok") return;
+    if (!w.initialized) this.#initialize(w, answer.seq - 1, answer.members);
+    w.pending.set(answer.seq, { conn, ident, move: true });
+    this.#pump(w);
   }
 
   /**
@@ -298,8 +351,10 @@ export class Sequencer {
   /**
    * The view's room as Redis had it at `seq` (read after the channel was
    * subscribed). Members the broker lacks are announced as joins (unless
-   * this instance holds them); with `prune`, remote members Redis no longer
-   * has leave. The view then applies events after `seq` only (`seq` may be
+   * this instance holds them); members Redis has with another holder than
+   * the broker's move to it (a move this instance missed); with `prune`,
+   * remote members Redis no longer has leave. The view then applies events
+   * after `seq` only (`seq` may be
    * lower than what it applied: Redis restarted and counts from 0 again).
    * When the room has no view any more, only the pruning happens.
    */
@@ -308,10 +363,17 @@ export class Sequencer {
     const sink = this.#sink;
     const inRedis = new Set<string>();
     for (const m of members) inRedis.add(m.g);
-    const known = new Set<string>();
+    const known = new Map<string, RoomMember>();
     for (const m of sink.roomMembers(w.room)) {
-      known.add(m.g);
+      known.set(m.g, m);
       if (prune && !m.local && !inRedis.has(m.g)) sink.memberLeft(m.g);
+    }
+    for (const m of members) {
+      const k = known.get(m.g);
+      if (k === undefined || m.instance === "" || m.instance === this.instance) continue;
+      if (k.local || k.instance !== m.instance) {
+        sink.memberMoved(w.room, identOf(m.g), m.instance, null);
+      }
     }
     const fresh = members.filter((m) => !known.has(m.g));
     if (!this.#watches.has(w.room)) return;
@@ -320,15 +382,16 @@ export class Sequencer {
   }
 
   /**
-   * The link to Redis closed: claims that answered but wait for their join
-   * event complete now (the events will not come); what other instances
-   * missed is put right by recovery.
+   * The link to Redis closed: claims and moves that answered but wait for
+   * their event complete now (the events will not come); what other
+   * instances missed is put right by recovery.
    */
   linkDown(): void {
     for (const [room, w] of this.#watches) {
       for (const [seq, claim] of w.pending) {
         w.pending.delete(seq);
-        this.#sink.memberJoined(room, claim.ident, this.instance, claim.conn);
+        if (claim.move) this.#sink.memberMoved(room, claim.ident, this.instance, claim.conn);
+        else this.#sink.memberJoined(room, claim.ident, this.instance, claim.conn);
       }
     }
   }
@@ -365,9 +428,12 @@ export class Sequencer {
     for (let i = 0; i < events.length; i++) {
       const ev = events[i];
       if (ev.seq <= w.applied) continue;
-      if (ev.kind === "j" && ev.instance === me && !w.pending.has(ev.seq) && w.inFlight > 0) {
-        // Our own join, published before its script's reply reached us: wait
-        // for the reply, so the join completes in its turn.
+      if (
+        (ev.kind === "j" || ev.kind === "m") && ev.instance === me && !w.pending.has(ev.seq) &&
+        w.inFlight > 0
+      ) {
+        // Our own join or move, published before its script's reply reached
+        // us: wait for the reply, so it completes in its turn.
         w.early = events.slice(i);
         return;
       }
@@ -379,8 +445,13 @@ export class Sequencer {
       const claim = w.pending.get(ev.seq);
       if (claim !== undefined) {
         w.pending.delete(ev.seq);
-        sink.memberJoined(w.room, claim.ident, me, claim.conn);
-      } else if (ev.instance !== me) {
+        if (claim.move) sink.memberMoved(w.room, claim.ident, me, claim.conn);
+        else sink.memberJoined(w.room, claim.ident, me, claim.conn);
+      } else if (ev.instance === me) {
+        continue;
+      } else if (ev.kind === "m") {
+        sink.memberMoved(w.room, identOf(ev.g), ev.instance, null);
+      } else {
         sink.memberJoined(w.room, identOf(ev.g), ev.instance, null);
       }
     }

@@ -141,6 +141,76 @@ export interface Directory<_H = unknown> {
   relay(instance: string, g: string, frame: string): boolean;
   /** The room has neither local members nor pending claims any more. */
   unwatch(room: string): void;
+  /**
+   * Sessions across the cluster (a directory has all of the session
+   * methods, or none: then a session is its instance's alone, and a resume
+   * on another instance is refused). Records that this instance holds
+   * session `token` with `idents`: its socket is gone and its grace ends in
+   * `graceMs`, or 0 while a socket holds it; `replaces` is the token it
+   * replaces, if any. Called again whenever that changes.
+   */
+  sessionHeld?(token: string, idents: readonly string[], graceMs: number, replaces?: string): void;
+  /** Session `token`, held here, ended (its idents are released as usual). */
+  sessionEnded?(token: string): void;
+  /**
+   * Looks for session `token` on another instance, for the connection with
+   * id `conn`: answers {@link Broker.sessionFound} or
+   * {@link Broker.resumeRefused}.
+   */
+  lookup?(conn: number, token: string): void;
+  /**
+   * Moves session `token` and its `idents` (as {@link Broker.sessionFound}
+   * was told them) to connection `conn` here, under the token `fresh`,
+   * atomically: each ident then comes in its room's turn through
+   * {@link Broker.memberMoved}, and what the old holder kept through
+   * {@link Broker.sessionHandoff}; or the resume is refused
+   * ({@link Broker.resumeRefused}).
+   */
+  take?(conn: number, token: string, fresh: string, idents: readonly string[]): void;
+  /**
+   * A resume of session `token`, held here, by connection `conn`: replaces
+   * `token` by `fresh` (with `idents`) unless the session moved away
+   * meanwhile; answers {@link Broker.sessionRotated} or
+   * {@link Broker.resumeRefused}.
+   */
+  rotate?(conn: number, token: string, fresh: string, idents: readonly string[]): void;
+  /**
+   * Hands what a session that moved away kept to its new holder, the
+   * connection with id `conn` on `instance` (null: nothing can be handed).
+   */
+  handoff?(instance: string, conn: number, handoff: Handoff | null): void;
+}
+
+/** What a session's old holder hands over to the instance it moved to. */
+export interface Handoff {
+  /** Frames to send after the `resume` reply, in order (see {@link Session.recent}, {@link Session.kept}). */
+  readonly frames: readonly string[];
+  /** Frames sent before the first of them (the reply's `from`). */
+  readonly from: number;
+  /** Key idents the old connection proved. */
+  readonly proven: readonly string[];
+  /** The ident `["ident"]` issued it, or null. */
+  readonly issued: string | null;
+}
+
+/** A resume through the cluster directory, while it is under way ({@link Connection.resuming}). */
+export interface Resuming {
+  /** The token presented. */
+  readonly token: string;
+  /** True when this instance holds the session, false when it moves here. */
+  readonly local: boolean;
+  /** The token the connection gets ("" until drawn). */
+  fresh: string;
+  /** The global idents moving here, once found. */
+  idents: readonly string[];
+  /** Those whose move has not taken its turn yet. */
+  readonly waiting: Set<string>;
+  /** What the old holder handed over: undefined until it came, null if it cannot come. */
+  handoff: Handoff | null | undefined;
+  /** Frames sent to the connection meanwhile, in order. */
+  readonly held: string[];
+  /** Bytes (UTF-16 units) of `held`. */
+  heldBytes: number;
 }
 
 /** The configurable limits of the broker. */
@@ -235,7 +305,10 @@ export interface BrokerStats {
   framesDelayed: number;
   /** Connections closed with 1008 because their queue passed its bound, by bound. */
   queueClosed: { frames: number; bytes: number };
-  /** Sessions: asked for, socket gone (grace began), resumed, refused, ended, frames kept. */
+  /**
+   * Sessions: asked for, socket gone (grace began), resumed, refused, ended,
+   * frames kept, and moved (resumed on another instance of the cluster).
+   */
   sessions: {
     opened: number;
     detached: number;
@@ -244,6 +317,7 @@ export interface BrokerStats {
     expired: number;
     overflow: number;
     kept: number;
+    moved: number;
   };
 }
 
@@ -257,8 +331,8 @@ export interface Member<H> {
   readonly room: Room<H>;
   /** The holder, or null for a member held on another instance (a resume moves it). */
   conn: Connection<H> | null;
-  /** The instance holding a remote member ("" for a local one). */
-  readonly instance: string;
+  /** The instance holding a remote member ("" for a local one; a move changes it). */
+  instance: string;
 }
 
 /** A room: its members in join order (a `Map` keeps insertion order). */
@@ -272,7 +346,7 @@ export interface Room<H> {
 }
 
 /** Why a connection's frames wait in its queue, besides its budget. */
-export const WAIT_STATES = ["none", "claim", "ice", "auth", "prove"] as const;
+export const WAIT_STATES = ["none", "claim", "ice", "auth", "prove", "resume"] as const;
 
 /** One of {@link WAIT_STATES}. */
 export type WaitState = typeof WAIT_STATES[number];
@@ -303,6 +377,8 @@ export class Connection<H> {
   challenge: { value: string; expiresAt: number } | undefined = undefined;
   /** The session this connection holds, if it asked for one. */
   session: Session<H> | undefined = undefined;
+  /** A resume it makes through the cluster directory, while under way. */
+  resuming: Resuming | undefined = undefined;
   /** Set when its socket closed while its session keeps its idents (in grace). */
   detached: boolean = false;
   /** Set when the broker itself closed it (a policy close): its session ends with it. */
@@ -366,6 +442,18 @@ export interface Session<H> {
   readonly kept: string[];
   /** Bytes (UTF-16 units) of `kept`. */
   keptBytes: number;
+  /** Frames sent to it (or kept) since its last `session` or `resume` reply. */
+  sent: number;
+  /**
+   * The last frames sent to its socket, and when: a socket that died before
+   * the server noticed lost them, so a resume sends them again (bounded as
+   * `kept`, and by the grace in age).
+   */
+  readonly recent: { at: number; frame: string }[];
+  /** Bytes (UTF-16 units) of `recent`. */
+  recentBytes: number;
+  /** Where it moved, while its old connection still holds idents whose move has not taken its turn. */
+  movedTo?: { readonly instance: string; readonly conn: number };
 }
 
 /** Random bytes in a session token: 192 bits. */
@@ -423,7 +511,16 @@ export class Broker<H> {
     connectionsOpened: 0,
     framesDelayed: 0,
     queueClosed: { frames: 0, bytes: 0 },
-    sessions: { opened: 0, detached: 0, resumed: 0, refused: 0, expired: 0, overflow: 0, kept: 0 },
+    sessions: {
+      opened: 0,
+      detached: 0,
+      resumed: 0,
+      refused: 0,
+      expired: 0,
+      overflow: 0,
+      kept: 0,
+      moved: 0,
+    },
   };
 
   readonly #outbox: Outbox<H>;
@@ -447,6 +544,12 @@ export class Broker<H> {
   #tickAt = -1;
   /** Connections whose join the directory is claiming, by id (one claim each at a time). */
   readonly #claiming = new Map<number, Connection<H>>();
+  /** True when the directory carries sessions across the cluster. */
+  readonly #clustered: boolean;
+  /** Connections resuming through the directory, by id. */
+  readonly #resuming = new Map<number, Connection<H>>();
+  /** Global idents on their way to a resuming connection: relays for them wait with it. */
+  readonly #arriving = new Map<string, Connection<H>>();
   readonly #random = new Uint8Array(48);
   #connections = 0;
   #nextId = 1;
@@ -459,6 +562,10 @@ export class Broker<H> {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.#directory = options.directory;
     this.#auth = options.auth ?? OPEN_RULES;
+    const d = options.directory;
+    this.#clustered = d?.sessionHeld !== undefined && d.sessionEnded !== undefined &&
+      d.lookup !== undefined && d.take !== undefined && d.rotate !== undefined &&
+      d.handoff !== undefined;
   }
 
   /** Open connections. */
@@ -685,29 +792,58 @@ export class Broker<H> {
       this.#fail(conn, "session", "unavailable", "sessions are off on this server");
       return;
     }
+    const replaces = conn.session?.token;
     let s = conn.session;
     if (s === undefined) {
-      s = { token: "", conn, until: -1, kept: [], keptBytes: 0 };
+      s = {
+        token: "",
+        conn,
+        until: -1,
+        kept: [],
+        keptBytes: 0,
+        sent: 0,
+        recent: [],
+        recentBytes: 0,
+      };
       conn.session = s;
     } else this.#sessions.delete(s.token);
     s.token = this.#sessionToken();
     this.#sessions.set(s.token, s);
+    this.#record(s, replaces);
     this.stats.sessions.opened++;
     this.#send(conn, JSON.stringify(["session", s.token]), "session");
+    // The client counts what it receives from here on.
+    s.sent = 0;
+    s.recent.length = 0;
+    s.recentBytes = 0;
   }
 
   /**
    * `["resume", token]`: takes over every global ident of the session's
    * connection, atomically, with no `bye` or `stun` for anyone; the old
    * socket, if still open, is closed with {@link RESUMED_ELSEWHERE}; the
-   * frames kept during the grace follow the reply, in order.
+   * frames the old socket may have lost (the last ones sent to it, see
+   * {@link Session.recent}) and those kept during the grace follow the reply,
+   * in order. The reply says how many (`resent`) and, in `from`, how many
+   * frames were sent since the previous `session` or `resume` reply before
+   * the first of them: a client that counted what it received skips the
+   * ones it has.
    */
-  #resume(conn: Connection<H>, token: string): void {
+  #resume(conn: Connection<H>, token: string, fresh?: string): void {
     const s = this.#sessions.get(token);
     const refuse = (why: string) => {
       this.stats.sessions.refused++;
       this.#fail(conn, "resume", "forbidden", why);
     };
+    if (s === undefined && this.#clustered && fresh === undefined) {
+      if (conn.idents.size > 0 || conn.session !== undefined) {
+        return refuse("resume on a fresh connection, before it joins or asks for a session");
+      }
+      // Not held here: perhaps on another instance of the cluster.
+      this.#startResume(conn, token, false);
+      this.#directory!.lookup!(conn.id, token);
+      return;
+    }
     if (s === undefined) return refuse("no such session (expired, used, or never issued)");
     if (s.conn === conn) return refuse("this connection holds the session already");
     if (conn.idents.size > 0 || conn.session !== undefined) {
@@ -718,6 +854,13 @@ export class Broker<H> {
     for (const m of old.idents.values()) {
       const why = this.#forbidden(conn, m.ident, m.room.name, old.proven);
       if (why !== undefined) return refuse(why);
+    }
+    if (this.#clustered && fresh === undefined) {
+      // The directory agrees first: the session may be moving to another instance.
+      const r = this.#startResume(conn, token, true);
+      r.fresh = this.#sessionToken();
+      this.#directory!.rotate!(conn.id, token, r.fresh, [...old.idents.keys()]);
+      return;
     }
     this.#sessions.delete(token);
     this.#grace.delete(s);
@@ -730,6 +873,8 @@ export class Broker<H> {
     old.idents.clear();
     for (const id of old.proven) conn.proven.add(id);
     if (old.issued !== undefined) {
+      // The session's issued ident replaces one this connection was issued.
+      if (conn.issued !== undefined) this.#issued.delete(conn.issued);
       this.#issued.set(old.issued, conn);
       conn.issued = old.issued;
       old.issued = undefined;
@@ -740,12 +885,15 @@ export class Broker<H> {
     old.session = undefined;
     s.conn = conn;
     s.until = -1;
-    s.token = this.#sessionToken();
+    s.token = fresh ?? this.#sessionToken();
     this.#sessions.set(s.token, s);
     conn.session = s;
     this.stats.sessions.resumed++;
-    const kept = s.kept.splice(0);
+    const resend = s.recent.map((r) => r.frame).concat(s.kept.splice(0));
+    const from = s.sent - resend.length;
     s.keptBytes = 0;
+    s.recent.length = 0;
+    s.recentBytes = 0;
     if (wasAttached) {
       // Half-open: the old socket never learnt it was gone.
       old.final = true;
@@ -755,8 +903,18 @@ export class Broker<H> {
       old.queue.clear();
     } else old.closed = true;
     const idents = [...conn.idents.keys()];
-    this.#send(conn, JSON.stringify(["resume", { token: s.token, idents }]), "resume");
-    for (const f of kept) this.#outbox.send(conn.handle, f);
+    this.#send(
+      conn,
+      JSON.stringify(["resume", { token: s.token, idents, from, resent: resend.length }]),
+      "resume",
+    );
+    s.sent = 0;
+    s.recent.length = 0;
+    s.recentBytes = 0;
+    for (const f of resend) {
+      this.#outbox.send(conn.handle, f);
+      this.#sent(s, f);
+    }
   }
 
   /**
@@ -791,12 +949,14 @@ export class Broker<H> {
   #endSession(s: Session<H>, why: "expired" | "overflow"): void {
     this.#grace.delete(s);
     this.#sessions.delete(s.token);
+    this.#ended(s.token);
     this.stats.sessions[why]++;
     const conn = s.conn;
     conn.session = undefined;
     conn.detached = false;
     conn.closed = true;
     s.kept.length = 0;
+    s.recent.length = 0;
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
       this.#issued.delete(conn.issued);
@@ -811,12 +971,33 @@ export class Broker<H> {
     if (
       s.kept.length >= l.sessionBufferFrames || s.keptBytes + frame.length > l.sessionBufferBytes
     ) {
+      // A session moving away is no longer this instance's to end: the frame is lost.
+      if (s.movedTo !== undefined) {
+        this.stats.sessions.overflow++;
+        return;
+      }
       this.#endSession(s, "overflow");
       return;
     }
     s.kept.push(frame);
     s.keptBytes += frame.length;
+    s.sent++;
     this.stats.sessions.kept++;
+  }
+
+  /** Notes a frame sent to a session's socket, keeping the last ones for a resume. */
+  #sent(s: Session<H>, frame: string): void {
+    const l = this.limits;
+    const now = this.#now();
+    const recent = s.recent;
+    s.sent++;
+    recent.push({ at: now, frame });
+    s.recentBytes += frame.length;
+    while (
+      recent.length > 0 &&
+      (recent.length > l.sessionBufferFrames || s.recentBytes > l.sessionBufferBytes ||
+        recent[0].at < now - l.sessionGrace)
+    ) s.recentBytes -= recent.shift()!.frame.length;
   }
 
   /** True when the connection may have TURN credentials. */
@@ -916,9 +1097,14 @@ export class Broker<H> {
   /**
    * A connection closed, for any reason: each of its global idents leaves its
    * room (remaining members get `bye`) and nothing of it stays. Idempotent.
+   * A connection with a session keeps its idents for the grace instead,
+   * unless the close is `final`: the server cut it for a policy (a slow
+   * reader, an oversize frame, a bug). A client that means to leave says so
+   * (`leave`) before it closes.
    */
-  close(conn: Connection<H>): void {
+  close(conn: Connection<H>, final = false): void {
     if (conn.closed || conn.detached) return;
+    if (final) conn.final = true;
     const s = conn.session;
     if (s !== undefined && !conn.final && this.limits.sessionGrace > 0) {
       // Its idents stay held for the grace; what peers send it is kept.
@@ -930,6 +1116,7 @@ export class Broker<H> {
       this.#grace.add(s);
       this.stats.sessions.detached++;
       this.#armTick();
+      this.#record(s);
       return;
     }
     conn.closed = true;
@@ -938,6 +1125,7 @@ export class Broker<H> {
     if (s !== undefined) {
       this.#sessions.delete(s.token);
       conn.session = undefined;
+      this.#ended(s.token);
     }
     for (const m of conn.idents.values()) this.#remove(m);
     if (conn.issued !== undefined) {
@@ -1090,10 +1278,13 @@ export class Broker<H> {
     const stale = this.#members.get(g);
     if (conn !== null) {
       conn.wait = "none";
+      // Its session moving to another instance, the connection takes nothing more.
+      const gone = conn.closed || conn.session?.movedTo !== undefined;
+      if (conn.session?.movedTo !== undefined) conn.wait = "resume";
       // The directory gave `g` to us, so a remote holder in our view is stale.
-      if (stale !== undefined && stale.conn === null && !conn.closed) this.#remove(stale);
+      if (stale !== undefined && stale.conn === null && !gone) this.#remove(stale);
       if (room !== undefined) room.local--;
-      if (conn.closed) {
+      if (gone) {
         // Claimed for a connection that is gone: give it back at once.
         this.#directory?.release(g, roomName);
         if (room !== undefined) this.#dropIfUnwatched(room);
@@ -1105,6 +1296,7 @@ export class Broker<H> {
       this.#rooms.set(roomName, room);
     }
     this.#add(room, ident, g, conn, instance);
+    if (conn !== null && conn.session !== undefined) this.#record(conn.session);
     if (conn !== null) this.#drain(conn);
   }
 
@@ -1115,10 +1307,17 @@ export class Broker<H> {
     this.#remove(m);
   }
 
-  /** Cluster: a frame relayed from another instance for local member `g`. */
-  deliver(g: string, frame: string): void {
+  /**
+   * Cluster: a frame relayed from another instance for local member `g`
+   * (or one on its way here with a resumed session: it waits with it).
+   * False when `g` is neither.
+   */
+  deliver(g: string, frame: string): boolean {
     const m = this.#members.get(g);
-    if (m !== undefined && m.conn !== null) this.#send(m.conn, frame, "signal");
+    const conn = m !== undefined && m.conn !== null ? m.conn : this.#arriving.get(g);
+    if (conn === undefined) return false;
+    this.#send(conn, frame, "signal");
+    return true;
   }
 
   /** Cluster: every member held by `instance` left (the instance died). */
@@ -1151,6 +1350,367 @@ export class Broker<H> {
     const conn = this.#claiming.get(id);
     this.#claiming.delete(id);
     return conn;
+  }
+
+  /**
+   * Cluster: a member changed holder without leaving its room (a session
+   * resumed on another instance): nobody hears of it. `id` is the id of the
+   * local connection whose resume takes it over (in its room's turn), or
+   * null when it is held by `instance` now, which may take it away from a
+   * local connection: that connection's session, moving away, hands over
+   * what it kept once its last ident has gone.
+   */
+  memberMoved(roomName: string, ident: string, instance: string, id: number | null): void {
+    const g = roomName + ":" + ident;
+    const m = this.#members.get(g);
+    if (id !== null) {
+      this.#moveIn(roomName, ident, g, m, id);
+      return;
+    }
+    if (instance === "") return;
+    if (m === undefined) {
+      // Not seen here (a view that missed its join): a member like any other.
+      if (this.#rooms.has(roomName)) this.memberJoined(roomName, ident, instance, null);
+      return;
+    }
+    if (m.conn === null) {
+      if (m.instance === instance) return;
+      this.#forgetRemote(m);
+      m.instance = instance;
+      this.#rememberRemote(m);
+      return;
+    }
+    const old = m.conn;
+    const room = m.room;
+    old.idents.delete(g);
+    room.local--;
+    this.#pairs(old, -(room.members.size - 1));
+    m.conn = null;
+    m.instance = instance;
+    this.#rememberRemote(m);
+    const s = old.session;
+    if (s?.movedTo !== undefined) this.#handoffIfDone(s);
+    else if (s !== undefined && !old.closed) this.#record(s);
+    this.#dropIfUnwatched(room);
+  }
+
+  /** A member moves to a resuming connection here, in its room's turn. */
+  #moveIn(roomName: string, ident: string, g: string, m: Member<H> | undefined, id: number) {
+    const conn = this.#resuming.get(id);
+    const r = conn?.resuming;
+    if (conn === undefined || r === undefined || !r.waiting.delete(g)) return;
+    if (this.#arriving.get(g) === conn) this.#arriving.delete(g);
+    let room = this.#rooms.get(roomName);
+    if (room === undefined) {
+      room = { name: roomName, members: new Map(), local: 1 };
+      this.#rooms.set(roomName, room);
+    }
+    if (m !== undefined && m.conn !== null) {
+      // Held here already (cannot happen with a sound view): it stays as it is.
+      room.local--;
+      this.#dropIfUnwatched(room);
+    } else {
+      if (m === undefined) {
+        m = { g, ident, room, conn, instance: "" };
+        room.members.set(g, m);
+        this.#members.set(g, m);
+      } else {
+        this.#forgetRemote(m);
+        m.conn = conn;
+        m.instance = "";
+      }
+      // The count of the move in flight becomes the member's.
+      conn.idents.set(g, m);
+      this.#pairs(conn, room.members.size - 1);
+      // Taken for a connection that went away meanwhile: given back at once.
+      if (conn.closed) this.#remove(m);
+    }
+    this.#resumeProgress(conn);
+  }
+
+  #rememberRemote(m: Member<H>): void {
+    let set = this.#remote.get(m.instance);
+    if (set === undefined) this.#remote.set(m.instance, set = new Set());
+    set.add(m.g);
+  }
+
+  /**
+   * Cluster: the session connection `id` asked to resume is held on another
+   * instance, with `idents`. Unless the connection may not hold one of them
+   * (a resume must not widen what it may do), the directory is asked to
+   * move them here ({@link Directory.take}).
+   */
+  sessionFound(id: number, idents: readonly string[]): void {
+    const conn = this.#resuming.get(id);
+    const r = conn?.resuming;
+    if (conn === undefined || r === undefined || r.local || r.fresh !== "") return;
+    if (conn.closed) {
+      this.#endResume(conn);
+      return;
+    }
+    // Idents held in a room that needs a proof were proven by the old connection.
+    const proven = new Set<string>();
+    for (const g of idents) proven.add(g.slice(globalColon(g) + 1));
+    for (const g of idents) {
+      const colon = globalColon(g);
+      const why = colon < 0
+        ? `${g} is not a global ident`
+        : this.#forbidden(conn, g.slice(colon + 1), g.slice(0, colon), proven);
+      if (why !== undefined) return this.#refuseResume(conn, "forbidden", why);
+    }
+    r.fresh = this.#sessionToken();
+    r.idents = idents;
+    for (const g of idents) {
+      const roomName = g.slice(0, globalColon(g));
+      let room = this.#rooms.get(roomName);
+      if (room === undefined) {
+        room = { name: roomName, members: new Map(), local: 0 };
+        this.#rooms.set(roomName, room);
+      }
+      // Counted as a claim in flight is, so the room stays followed.
+      room.local++;
+      r.waiting.add(g);
+      this.#arriving.set(g, conn);
+    }
+    this.#directory!.take!(id, r.token, r.fresh, idents);
+  }
+
+  /** Cluster: the resume of connection `id` is refused (no such session, or the cluster failed). */
+  resumeRefused(id: number, code: "forbidden" | "unavailable", detail: string): void {
+    const conn = this.#resuming.get(id);
+    if (conn !== undefined) this.#refuseResume(conn, code, detail);
+  }
+
+  /**
+   * Cluster: the directory replaced the token of a session held here for
+   * the resume of connection `id`: the resume completes as it would alone
+   * (its checks run again: the session may have ended meanwhile).
+   */
+  sessionRotated(id: number): void {
+    const conn = this.#resuming.get(id);
+    const r = conn?.resuming;
+    if (conn === undefined || r === undefined || !r.local) return;
+    this.#endResume(conn);
+    if (!conn.closed) this.#resume(conn, r.token, r.fresh);
+    if (conn.session?.token !== r.fresh) {
+      // Not resumed after all: the fresh token's record goes, the session keeps its own.
+      this.#ended(r.fresh);
+      const s = this.#sessions.get(r.token);
+      if (s !== undefined) this.#record(s);
+    }
+    this.#drain(conn);
+  }
+
+  /**
+   * Cluster: session `token`, held here, moved to the connection with id
+   * `id` on `instance` (its idents move in their rooms' turns, through
+   * {@link memberMoved}). Its token is no longer valid here, an old socket
+   * still open is closed with {@link RESUMED_ELSEWHERE}, and what it kept is
+   * handed over ({@link Directory.handoff}) once its last ident has gone.
+   * Its grace still bounds it: an ident whose move never comes (the link
+   * was lost) leaves when the grace ends.
+   */
+  sessionMoved(token: string, instance: string, id: number): void {
+    const s = this.#sessions.get(token);
+    if (s === undefined) {
+      this.#directory?.handoff?.(instance, id, null);
+      return;
+    }
+    this.#sessions.delete(token);
+    this.stats.sessions.moved++;
+    s.movedTo = { instance, conn: id };
+    const old = s.conn;
+    if (!old.detached) {
+      // Half-open: the old socket never learnt it was gone. What is sent to
+      // it from now on is kept for the new holder.
+      old.final = true;
+      this.#outbox.close(old.handle, RESUMED_ELSEWHERE, "session resumed elsewhere");
+      old.detached = true;
+      this.#connections--;
+      old.queue.clear();
+      s.until = this.#now() + this.limits.sessionGrace;
+      this.#grace.add(s);
+      this.#armTick();
+    }
+    // Frames from an old socket still open run no more.
+    old.wait = "resume";
+    this.#handoffIfDone(s);
+  }
+
+  /**
+   * Cluster: what the old holder handed over for the resume of connection
+   * `id` (null: nothing will come). The resume completes once every ident
+   * has moved in too.
+   */
+  sessionHandoff(id: number, handoff: Handoff | null): void {
+    const conn = this.#resuming.get(id);
+    const r = conn?.resuming;
+    if (conn === undefined || r === undefined || r.local || r.fresh === "") return;
+    if (r.handoff !== undefined) return;
+    r.handoff = handoff;
+    this.#resumeProgress(conn);
+  }
+
+  /** Cluster: the sessions held here, with their idents and what is left of their grace (0: attached). */
+  localSessions(): { token: string; idents: string[]; graceMs: number }[] {
+    const now = this.#now();
+    return [...this.#sessions.values()].map((s) => ({
+      token: s.token,
+      idents: [...s.conn.idents.keys()],
+      graceMs: s.until < 0 ? 0 : Math.max(1, Math.ceil(s.until - now)),
+    }));
+  }
+
+  /** A resume through the directory begins: the connection's frames wait for it. */
+  #startResume(conn: Connection<H>, token: string, local: boolean): Resuming {
+    const r: Resuming = {
+      token,
+      local,
+      fresh: "",
+      idents: [],
+      waiting: new Set(),
+      handoff: undefined,
+      held: [],
+      heldBytes: 0,
+    };
+    conn.resuming = r;
+    conn.wait = "resume";
+    this.#resuming.set(conn.id, conn);
+    return r;
+  }
+
+  /** A resume through the directory is over: moves still counted in flight are given up. */
+  #endResume(conn: Connection<H>): void {
+    const r = conn.resuming;
+    if (r === undefined) return;
+    conn.resuming = undefined;
+    this.#resuming.delete(conn.id);
+    if (conn.wait === "resume") conn.wait = "none";
+    for (const g of r.waiting) {
+      if (this.#arriving.get(g) === conn) this.#arriving.delete(g);
+      const room = this.#rooms.get(g.slice(0, globalColon(g)));
+      if (room !== undefined) {
+        room.local--;
+        this.#dropIfUnwatched(room);
+      }
+    }
+    r.waiting.clear();
+  }
+
+  #refuseResume(conn: Connection<H>, code: "forbidden" | "unavailable", why: string): void {
+    this.#endResume(conn);
+    if (conn.closed) return;
+    this.stats.sessions.refused++;
+    this.#fail(conn, "resume", code, why);
+    this.#drain(conn);
+  }
+
+  /** Completes a resume from another instance once its idents and the handoff are in. */
+  #resumeProgress(conn: Connection<H>): void {
+    const r = conn.resuming!;
+    if (r.waiting.size > 0) return;
+    if (conn.closed) {
+      this.#endResume(conn);
+      return;
+    }
+    if (r.handoff === undefined) return;
+    this.#endResume(conn);
+    const h = r.handoff;
+    if (h !== null) {
+      for (const id of h.proven) conn.proven.add(id);
+      if (h.issued !== null && !this.#issued.has(h.issued)) {
+        // The session's issued ident replaces one this connection was issued.
+        if (conn.issued !== undefined) this.#issued.delete(conn.issued);
+        conn.issued = h.issued;
+        this.#issued.set(h.issued, conn);
+      }
+    }
+    const s: Session<H> = {
+      token: r.fresh,
+      conn,
+      until: -1,
+      kept: [],
+      keptBytes: 0,
+      sent: 0,
+      recent: [],
+      recentBytes: 0,
+    };
+    conn.session = s;
+    this.#sessions.set(s.token, s);
+    this.stats.sessions.resumed++;
+    const idents = [...conn.idents.keys()];
+    // Without the handoff the client is told nothing of what it may have missed.
+    const info = h === null
+      ? { token: s.token, idents }
+      : { token: s.token, idents, from: h.from, resent: h.frames.length };
+    this.#send(conn, JSON.stringify(["resume", info]), "resume");
+    s.sent = 0;
+    s.recent.length = 0;
+    s.recentBytes = 0;
+    for (const f of h?.frames ?? []) {
+      this.#outbox.send(conn.handle, f);
+      this.#sent(s, f);
+    }
+    for (const f of r.held) {
+      this.#outbox.send(conn.handle, f);
+      this.#sent(s, f);
+    }
+    if (idents.length !== r.idents.length) this.#record(s);
+    this.#drain(conn);
+  }
+
+  /** Hands a moving session's frames to its new holder once its old connection holds no ident. */
+  #handoffIfDone(s: Session<H>): void {
+    const to = s.movedTo;
+    const old = s.conn;
+    if (to === undefined || old.idents.size > 0) return;
+    s.movedTo = undefined;
+    this.#grace.delete(s);
+    const frames = s.recent.map((r) => r.frame).concat(s.kept.splice(0));
+    const handoff: Handoff = {
+      frames,
+      from: s.sent - frames.length,
+      proven: [...old.proven],
+      issued: old.issued ?? null,
+    };
+    s.keptBytes = 0;
+    s.recent.length = 0;
+    s.recentBytes = 0;
+    if (old.issued !== undefined) {
+      this.#issued.delete(old.issued);
+      old.issued = undefined;
+    }
+    old.session = undefined;
+    old.detached = false;
+    old.closed = true;
+    this.#directory?.handoff?.(to.instance, to.conn, handoff);
+  }
+
+  /** Holds a frame for a connection whose resume is under way; past the session bounds, it closes. */
+  #hold(conn: Connection<H>, frame: string): void {
+    const r = conn.resuming!;
+    const l = this.limits;
+    if (
+      r.held.length >= l.sessionBufferFrames || r.heldBytes + frame.length > l.sessionBufferBytes
+    ) {
+      this.stats.sessions.overflow++;
+      this.#close(conn, CloseCode.policy, "too much waiting while the session resumes");
+      return;
+    }
+    r.held.push(frame);
+    r.heldBytes += frame.length;
+  }
+
+  /** Tells the directory what a session holds now (cluster sessions only). */
+  #record(s: Session<H>, replaces?: string): void {
+    if (!this.#clustered) return;
+    const grace = s.until < 0 ? 0 : Math.max(1, Math.ceil(s.until - this.#now()));
+    this.#directory!.sessionHeld!(s.token, [...s.conn.idents.keys()], grace, replaces);
+  }
+
+  /** Tells the directory a session held here ended (cluster sessions only). */
+  #ended(token: string): void {
+    if (this.#clustered) this.#directory!.sessionEnded!(token);
   }
 
   /** Cluster: the members of a room as this instance sees them, in join order. */
@@ -1212,6 +1772,7 @@ export class Broker<H> {
     this.#send(conn, encodeLeave(g), "leave");
     conn.churn?.charge(m.room.members.size - 1);
     this.#remove(m);
+    if (conn.session !== undefined) this.#record(conn.session);
   }
 
   /**
@@ -1305,7 +1866,11 @@ export class Broker<H> {
     if (conn.closed) return;
     this.stats.framesOut[type]++;
     if (conn.detached) this.#keep(conn, frame);
-    else this.#outbox.send(conn.handle, frame);
+    else if (conn.resuming !== undefined) this.#hold(conn, frame);
+    else {
+      this.#outbox.send(conn.handle, frame);
+      if (conn.session !== undefined) this.#sent(conn.session, frame);
+    }
   }
 
   #fail(conn: Connection<H>, call: string, code: ErrorCode, detail: string): void {

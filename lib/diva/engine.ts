@@ -179,7 +179,7 @@ export function divaEngine(options: DivaOptions): DivaEngine {
     frame: (conn, data) => broker.frame(conn, data),
     oversize: (conn) => broker.tooLarge(conn),
     wake: (conn) => broker.wake(conn),
-    close: (conn) => broker.close(conn),
+    close: (conn, final) => broker.close(conn, final),
     stop() {
       broker.endSessions();
       clearTimeout(tickTimer);
@@ -271,10 +271,19 @@ export function divaMetrics(broker: Broker<unknown>): MetricFamily[] {
       name: "signal_session_events_total",
       type: "counter",
       help:
-        "Session events: opened, detached (grace began), resumed, refused, expired, overflow, kept (frames)",
+        "Session events: opened, detached (grace began), resumed, refused, expired, overflow, kept (frames), moved (resumed on another instance)",
       samples: labelled(
         "event",
-        ["opened", "detached", "resumed", "refused", "expired", "overflow", "kept"] as const,
+        [
+          "opened",
+          "detached",
+          "resumed",
+          "refused",
+          "expired",
+          "overflow",
+          "kept",
+          "moved",
+        ] as const,
         s.sessions,
       ),
     },

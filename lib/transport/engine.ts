@@ -96,8 +96,13 @@ export interface Engine<C = unknown> {
   oversize?(conn: C): void;
   /** A wake the engine asked for came due. */
   wake(conn: C): void;
-  /** The connection closed, for any reason. Called once. */
-  close(conn: C): void;
+  /**
+   * The connection closed, for any reason. Called once. `final` is true when
+   * the server cut it for a policy (a slow reader, an oversize frame, a bug):
+   * an engine that keeps state past a socket (sessions) drops it then; any
+   * other close (the client's, or a drop) it may survive.
+   */
+  close(conn: C, final?: boolean): void;
   /** Open connections the engine holds. */
   readonly connections: number;
   /** The engine's metrics. */

@@ -258,7 +258,7 @@ export class WebSocketTransport {
       this.#log.error("internal error, closing the connection: {error}", {
         error: err instanceof Error ? err.stack ?? err.message : String(err),
       });
-      this.#end(s);
+      this.#end(s, true);
       s.close(TransportClose.internal, "internal error");
     }
   }
@@ -271,7 +271,7 @@ export class WebSocketTransport {
     this.counters.slow_reader_closed++;
     this.#log.info("closing slow reader with {bytes} bytes unsent", { bytes: ws.bufferedAmount });
     ws.close(TransportClose.policy, "slow reader");
-    this.#end(s);
+    this.#end(s, true);
   }
 
   #start(s: Socket, engine: Engine): void {
@@ -316,17 +316,17 @@ export class WebSocketTransport {
   #oversize(s: Socket): void {
     if (s.ended || s.engine === undefined) return;
     this.run(s, () => s.engine!.oversize?.(s.state));
-    this.#end(s);
+    this.#end(s, true);
     s.close(TransportClose.tooLarge, "frame too large");
   }
 
-  /** Tells the engine, once, that the connection is over. */
-  #end(s: Socket): void {
+  /** Tells the engine, once, that the connection is over (see {@link Engine.close}). */
+  #end(s: Socket, final = false): void {
     if (s.ended) return;
     s.ended = true;
     if (s.engine === undefined) return;
     try {
-      s.engine.close(s.state);
+      s.engine.close(s.state, final);
     } catch (err) {
       this.counters.internal_errors++;
       this.#log.error("internal error closing a connection: {error}", { error: String(err) });
