@@ -72,7 +72,7 @@ export interface ServeOptions {
   /** Largest `Content-Length` body read and discarded. Default 64 KiB. */
   maxBodyBytes?: number;
 
-  /** Size of each connection's read buffer. Default 16 KiB. */
+  /** Size of each connection's read buffer. Default 4 KiB (memory per idle connection). */
   readBufferBytes?: number;
   /** Reads started at once per event-loop turn, for fairness (0 = no limit). Default 16. */
   readsPerTurn?: number;
@@ -147,7 +147,7 @@ export function resolveOptions(o: ServeOptions): Settings {
     maxHeaderLines: o.maxHeaderLines ?? DEFAULT_PARSER_LIMITS.maxHeaderLines,
     maxTargetBytes: o.maxTargetBytes ?? DEFAULT_PARSER_LIMITS.maxTargetBytes,
     maxBodyBytes: o.maxBodyBytes ?? DEFAULT_PARSER_LIMITS.maxBodyBytes,
-    readBufferBytes: o.readBufferBytes ?? 16 * 1024,
+    readBufferBytes: o.readBufferBytes ?? 4 * 1024,
     readsPerTurn: o.readsPerTurn ?? 16,
     acceptBackoffMs: o.acceptBackoffMs ?? 10,
     acceptBackoffMaxMs: o.acceptBackoffMaxMs ?? 1000,

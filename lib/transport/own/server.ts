@@ -30,7 +30,7 @@
  *   (fragments included) to `maxMessageBytes`, checked at each frame header
  *   before any payload is kept: a frame declaring 60 MiB costs nothing.
  * - **Memory per connection is fixed** while reading: one read buffer
- *   (`readBufferBytes`, 16 KiB), a request head, and at most one message in
+ *   (`readBufferBytes`, 4 KiB), a request head, and at most one message in
  *   progress. What a client sends is never logged beyond ~100 characters.
  * - **Close means cut.** After the server sends a close frame, the TCP
  *   connection is closed when the peer answers, or after `closeTimeoutMs`

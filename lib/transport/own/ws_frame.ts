@@ -568,7 +568,9 @@ export class FrameBatch {
   #reserve(extra: number): void {
     const need = this.#len + extra;
     if (need <= this.#buf.length) return;
-    const next = new Uint8Array(Math.max(need, this.#buf.length * 2, 4096));
+    // Most batches are one small frame: a fresh buffer is sized to it (a
+    // fixed minimum would make every flush allocate, and zero, kilobytes).
+    const next = new Uint8Array(Math.max(need, this.#buf.length * 2));
     next.set(this.#buf.subarray(0, this.#len));
     this.#buf = next;
   }
