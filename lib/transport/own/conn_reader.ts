@@ -30,6 +30,13 @@ export class ConnReader {
     return this.#error;
   }
 
+  /** Waits for a turn, as a read does (writes take turns too). */
+  async turn(): Promise<void> {
+    if (!this.#scheduler.acquire()) {
+      await new Promise<void>((resolve) => this.#scheduler.wait(resolve));
+    }
+  }
+
   /** The next bytes, or null at the end of the stream or on any error (see {@link error}). */
   async read(): Promise<Uint8Array | null> {
     if (!this.#scheduler.acquire()) {

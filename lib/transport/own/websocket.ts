@@ -431,6 +431,9 @@ class Session {
         this.#inflight = bytes.length;
         let off = 0;
         while (off < bytes.length) {
+          // Writes take turns with reads: a write's completion spends the
+          // runtime's I/O budget too, and unlimited ones starved sockets.
+          await this.#io!.reader.turn();
           const n = await conn.write(bytes.subarray(off));
           off += n;
           this.#inflight -= n;
