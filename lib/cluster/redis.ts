@@ -38,7 +38,8 @@
  */
 
 import { createHash } from "node:crypto";
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
+import { redisClients } from "./redis_clients.ts";
 import type { Directory, Handoff } from "../diva/broker.ts";
 import { logger } from "../log.ts";
 import type { Backplane, BackplaneOptions, ClusterBroker } from "./backplane.ts";
@@ -55,7 +56,6 @@ import {
 const HEARTBEAT_MS = 1000;
 const ALIVE_TTL_MS = 5000;
 const PRUNE_AFTER_MS = 3000;
-const COMMAND_TIMEOUT_MS = 2000;
 /** Heartbeats in a row that may fail before the link is deemed dead and reopened. */
 const MAX_MISSED_HEARTBEATS = 2;
 /** How long a resume waits for the old holder's handoff before it completes without it. */
@@ -178,35 +178,13 @@ export class RedisBackplane implements Backplane, Directory {
   constructor(options: RedisBackplaneOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
-    const common = {
-      lazyConnect: true,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (n: number) => Math.min(100 * n, 1000),
-    };
-    // A Redis that stops answering without closing the connection must not
-    // leave calls hanging: commands give up after COMMAND_TIMEOUT_MS.
-    this.#cmd = new Redis(options.url, {
-      ...common,
-      enableOfflineQueue: false,
-      commandTimeout: COMMAND_TIMEOUT_MS,
-    }) as
-      & Redis
-      & Scripts;
-    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
-    for (const [name, lua] of SCRIPTS) this.#cmd.defineCommand(name, { numberOfKeys: 0, lua });
-    for (const r of [this.#cmd, this.#sub]) {
-      r.on("error", (e: Error) => this.#log.debug("redis: {error}", { error: e.message }));
-      r.on("close", () => this.#down());
-      r.on("ready", () => this.#up());
-    }
-    this.#sub.on("message", (channel: string, message: string) => {
-      try {
-        this.#message(channel, message);
-      } catch (e) {
-        // One bad event must not take the instance down.
-        this.#log.error("cluster event failed: {error}", { error: (e as Error).stack ?? e });
-      }
+    const clients = redisClients<Scripts>(options.url, SCRIPTS, "diva", {
+      up: () => this.#up(),
+      down: () => this.#down(),
+      message: (channel, message) => this.#message(channel, message),
     });
+    this.#cmd = clients.cmd;
+    this.#sub = clients.sub;
   }
 
   /** True while Redis is reachable and this instance is registered. */

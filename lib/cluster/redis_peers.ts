@@ -27,7 +27,8 @@
  * @module
  */
 
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
+import { redisClients } from "./redis_clients.ts";
 import { logger } from "../log.ts";
 import type { OfflineLimits } from "../peerjs/directory.ts";
 import {
@@ -50,7 +51,6 @@ const TICK_MS = 1000;
 export const SWEEP_MS = 250;
 /** Most queues one sweep takes. */
 const SWEEP_MAX = 256;
-const COMMAND_TIMEOUT_MS = 2000;
 /** Ticks in a row that may fail before the link is deemed dead and reopened. */
 const MAX_MISSED_TICKS = 2;
 
@@ -96,30 +96,13 @@ export class RedisPeers implements PeerLink {
   constructor(options: RedisPeersOptions) {
     this.#options = options;
     this.peers = new ClusterPeers(this);
-    const common = {
-      lazyConnect: true,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (n: number) => Math.min(100 * n, 1000),
-    };
-    this.#cmd = new Redis(options.url, {
-      ...common,
-      enableOfflineQueue: false,
-      commandTimeout: COMMAND_TIMEOUT_MS,
-    }) as Redis & PeerScripts;
-    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
-    for (const [name, lua] of PEER_SCRIPTS) this.#cmd.defineCommand(name, { numberOfKeys: 0, lua });
-    for (const r of [this.#cmd, this.#sub]) {
-      r.on("error", (e: Error) => this.#log.debug("redis (peerjs): {error}", { error: e.message }));
-      r.on("close", () => this.#down());
-      r.on("ready", () => this.#up());
-    }
-    this.#sub.on("message", (_channel: string, message: string) => {
-      try {
-        this.peers.message(message);
-      } catch (e) {
-        this.#log.error("peerjs message failed: {error}", { error: (e as Error).stack ?? e });
-      }
+    const clients = redisClients<PeerScripts>(options.url, PEER_SCRIPTS, "peerjs", {
+      up: () => this.#up(),
+      down: () => this.#down(),
+      message: (_channel, message) => this.peers.message(message),
     });
+    this.#cmd = clients.cmd;
+    this.#sub = clients.sub;
   }
 
   /** {@link PeerLink.live}: Redis is up and this instance's ids are registered. */

@@ -24,13 +24,13 @@
  * @module
  */
 
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
+import { redisClients } from "./redis_clients.ts";
 import { logger } from "../log.ts";
 import { TOPIC_SCRIPTS, type TopicScripts } from "./topic_scripts.ts";
 import { ClusterTopics, type Member, type SubscribeAnswer, type TopicLink } from "./topics.ts";
 
 const TICK_MS = 1000;
-const COMMAND_TIMEOUT_MS = 2000;
 /** Ticks in a row that may fail before the link is deemed dead and reopened. */
 const MAX_MISSED_TICKS = 2;
 
@@ -80,32 +80,13 @@ export class RedisTopics<S extends Member> implements TopicLink {
   constructor(options: RedisTopicsOptions) {
     this.#options = options;
     this.topics = new ClusterTopics<S>(this);
-    const common = {
-      lazyConnect: true,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (n: number) => Math.min(100 * n, 1000),
-    };
-    this.#cmd = new Redis(options.url, {
-      ...common,
-      enableOfflineQueue: false,
-      commandTimeout: COMMAND_TIMEOUT_MS,
-    }) as Redis & TopicScripts;
-    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
-    for (const [name, lua] of TOPIC_SCRIPTS) {
-      this.#cmd.defineCommand(name, { numberOfKeys: 0, lua });
-    }
-    for (const r of [this.#cmd, this.#sub]) {
-      r.on("error", (e: Error) => this.#log.debug("redis (topics): {error}", { error: e.message }));
-      r.on("close", () => this.#down());
-      r.on("ready", () => this.#up());
-    }
-    this.#sub.on("message", (_channel: string, message: string) => {
-      try {
-        this.topics.message(message);
-      } catch (e) {
-        this.#log.error("topic message failed: {error}", { error: (e as Error).stack ?? e });
-      }
+    const clients = redisClients<TopicScripts>(options.url, TOPIC_SCRIPTS, "topics", {
+      up: () => this.#up(),
+      down: () => this.#down(),
+      message: (_channel, message) => this.topics.message(message),
     });
+    this.#cmd = clients.cmd;
+    this.#sub = clients.sub;
   }
 
   /** {@link TopicLink.live}: Redis is up and this instance's subscribers are registered. */
