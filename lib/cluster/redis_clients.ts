@@ -29,7 +29,12 @@ export interface ClientEvents {
   message(channel: string, message: string): void;
 }
 
-/** The two clients of one link. */
+/**
+ * The two clients of one link. Internal to the cluster's adapters, whose
+ * own surface never shows ioredis types, so it is left out of the docs.
+ *
+ * @ignore
+ */
 export interface RedisClients<S> {
   /** Commands, with the scripts defined as methods. */
   cmd: Redis & S;
@@ -41,6 +46,8 @@ export interface RedisClients<S> {
  * Opens (lazily) the command and subscriber clients for `url`, defines
  * `scripts` on the command client and wires `events`. `label` names the
  * link in logs.
+ *
+ * @ignore
  */
 export function redisClients<S>(
   url: string,
