@@ -29,7 +29,14 @@ import {
 } from "./broker.ts";
 import { CALL_NAMES, ERROR_CODES } from "./codec.ts";
 import type { Log } from "../log.ts";
-import type { Engine, EngineStatus, Link, MetricFamily, Sample } from "../transport/engine.ts";
+import {
+  type Engine,
+  type EngineStatus,
+  labelled,
+  type Link,
+  type MetricFamily,
+  type Sample,
+} from "../transport/engine.ts";
 
 /** What the DIVA engine is built from. */
 export interface DivaOptions {
@@ -70,14 +77,6 @@ export interface DivaEngine extends Engine<Connection<Link>> {
  * comes at this bound instead, and the broker asks again from there.
  */
 const MAX_WAKE_MS = 2 ** 31 - 1;
-
-function labelled<K extends string>(
-  label: string,
-  keys: readonly K[],
-  values: Record<K, number>,
-): Sample[] {
-  return keys.map((k) => [{ [label]: k }, values[k]] as const);
-}
 
 /**
  * Makes the DIVA engine.

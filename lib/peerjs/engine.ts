@@ -99,13 +99,14 @@
  */
 
 import { Budget, frameCost, FrameQueue, QUEUE_BOUNDS, type QueueBound } from "../shaping.ts";
-import type {
-  Engine,
-  EngineStatus,
-  Link,
-  MetricFamily,
-  Peer,
-  Sample,
+import {
+  type Engine,
+  type EngineStatus,
+  labelled,
+  type Link,
+  type MetricFamily,
+  type Peer,
+  type Sample,
 } from "../transport/engine.ts";
 import { utf8Exceeds } from "../transport/utf8.ts";
 import {
@@ -757,14 +758,6 @@ export function peerjsEngine(options: PeerjsOptions): PeerjsEngine {
     }),
   };
   return engine;
-}
-
-function labelled<K extends string>(
-  label: string,
-  keys: readonly K[],
-  values: Record<K, number>,
-): Sample[] {
-  return keys.map((k) => [{ [label]: k }, values[k]] as const);
 }
 
 /** The engine's counts and counters as metric families (the `peerjs_` names). */

@@ -45,6 +45,30 @@ export interface Peer {
 /** One sample of a metric: its labels (none for a plain value) and value. */
 export type Sample = readonly [labels: Readonly<Record<string, string>> | null, value: number];
 
+/**
+ * One sample per key of a counter record, labelled `label="<key>"`, in the
+ * order of `keys` (an `as const` vocabulary, so every key is exported even
+ * at zero).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { labelled } from "./engine.ts";
+ *
+ * assert.deepEqual(labelled("reason", ["expired", "bad"] as const, { expired: 2, bad: 0 }), [
+ *   [{ reason: "expired" }, 2],
+ *   [{ reason: "bad" }, 0],
+ * ]);
+ * ```
+ */
+export function labelled<K extends string>(
+  label: string,
+  keys: readonly K[],
+  values: Record<K, number>,
+): Sample[] {
+  return keys.map((k) => [{ [label]: k }, values[k]] as const);
+}
+
 /** The Prometheus metric types the server exports. */
 export const METRIC_TYPES = ["counter", "gauge"] as const;
 

@@ -73,13 +73,14 @@
  */
 
 import { Budget, frameCost, FrameQueue } from "../shaping.ts";
-import type {
-  Engine,
-  EngineStatus,
-  Link,
-  MetricFamily,
-  Peer,
-  Sample,
+import {
+  type Engine,
+  type EngineStatus,
+  labelled,
+  type Link,
+  type MetricFamily,
+  type Peer,
+  type Sample,
 } from "../transport/engine.ts";
 import { utf8Exceeds } from "../transport/utf8.ts";
 import { type Deliver, MemoryBus, type Refuse, type TopicBus } from "./bus.ts";
@@ -611,14 +612,6 @@ export function ywebrtcEngine(options: YWebrtcOptions): YWebrtcEngine {
     }),
   };
   return engine;
-}
-
-function labelled<K extends string>(
-  label: string,
-  keys: readonly K[],
-  values: Record<K, number>,
-): Sample[] {
-  return keys.map((k) => [{ [label]: k }, values[k]] as const);
 }
 
 /** The engine's counts and counters as metric families (the `ywebrtc_` names). */
