@@ -9,6 +9,7 @@
  */
 
 import { globalColon, isJsonPlain, isName } from "./names.ts";
+import { frameText, NOT_JSON, parseJson } from "../transport/utf8.ts";
 
 /** A well-formed client call, exactly as it arrived on the wire. */
 export type Call =
@@ -147,21 +148,10 @@ export function isFault(x: Call | Fault): x is Fault {
  * ```
  */
 export function decode(frame: string | Uint8Array): Call | Fault {
-  let text: string;
-  if (typeof frame === "string") text = frame;
-  else {
-    try {
-      text = utf8.decode(frame);
-    } catch {
-      return BAD_UTF8;
-    }
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return BAD_JSON;
-  }
+  const text = frameText(frame);
+  if (text === undefined) return BAD_UTF8;
+  const v = parseJson(text);
+  if (v === NOT_JSON) return BAD_JSON;
   if (!Array.isArray(v) || v.length === 0 || typeof v[0] !== "string") return BAD_FRAME;
   const n = v.length;
   switch (v[0]) {

@@ -13,6 +13,8 @@
  * @module
  */
 
+import { frameText, NOT_JSON, parseJson } from "../transport/utf8.ts";
+
 /** The message types a client may send that are relayed to `dst`. */
 export const RELAY_TYPES = ["OFFER", "ANSWER", "CANDIDATE", "LEAVE", "EXPIRE"] as const;
 
@@ -147,8 +149,6 @@ export function isFault(m: Message | Fault): m is Fault {
   return m.type === "fault";
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
 const fault = (code: ErrorCode): Fault => ({ type: "fault", code });
 const BAD_JSON = fault("bad-json");
 const BAD_FRAME = fault("bad-frame");
@@ -174,21 +174,10 @@ const HEARTBEAT: HeartbeatMessage = { type: "HEARTBEAT" };
  * ```
  */
 export function decode(frame: string | Uint8Array, maxIdLength: number): Message | Fault {
-  let text: string;
-  if (typeof frame === "string") text = frame;
-  else {
-    try {
-      text = utf8.decode(frame);
-    } catch {
-      return BAD_JSON;
-    }
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return BAD_JSON;
-  }
+  const text = frameText(frame);
+  if (text === undefined) return BAD_JSON;
+  const v = parseJson(text);
+  if (v === NOT_JSON) return BAD_JSON;
   if (typeof v !== "object" || v === null || Array.isArray(v)) return BAD_FRAME;
   const o = v as Record<string, unknown>;
   const type = o.type;

@@ -35,3 +35,48 @@ export function utf8Exceeds(data: string | Uint8Array, max: number): boolean {
   }
   return bytes > max;
 }
+
+const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * A frame as text: strings as they are, bytes decoded as strict UTF-8
+ * (a byte-order mark is kept, so the text is exactly what was sent).
+ * `undefined` when the bytes are not UTF-8.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(frameText(new TextEncoder().encode("[1]")), "[1]");
+ * assert.equal(frameText(new Uint8Array([0xff])), undefined);
+ * ```
+ */
+export function frameText(frame: string | Uint8Array): string | undefined {
+  if (typeof frame === "string") return frame;
+  try {
+    return decoder.decode(frame);
+  } catch {
+    return undefined;
+  }
+}
+
+/** What {@link parseJson} answers for text that is not JSON. */
+export const NOT_JSON: unique symbol = Symbol("not JSON");
+
+/**
+ * `JSON.parse` that answers {@link NOT_JSON} instead of throwing, so a
+ * codec can turn bad input into its own fault without a try block each.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(parseJson('{"a":1}'), { a: 1 });
+ * assert.equal(parseJson("{"), NOT_JSON);
+ * ```
+ */
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return NOT_JSON;
+  }
+}

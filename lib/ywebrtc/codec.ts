@@ -15,6 +15,8 @@
  * @module
  */
 
+import { frameText, NOT_JSON, parseJson } from "../transport/utf8.ts";
+
 /** The message types a client may send. */
 export const IN_TYPES = ["subscribe", "unsubscribe", "publish", "ping"] as const;
 
@@ -97,8 +99,6 @@ export function isFault(m: Message | Fault): m is Fault {
   return m.type === "fault";
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
 const fault = (code: ErrorCode, detail: string): Fault => ({ type: "fault", code, detail });
 
 const BAD_UTF8 = fault("bad-json", "binary frame is not UTF-8");
@@ -128,21 +128,10 @@ const PING: PingMessage = { type: "ping" };
  * ```
  */
 export function decode(frame: string | Uint8Array): Message | Fault {
-  let text: string;
-  if (typeof frame === "string") text = frame;
-  else {
-    try {
-      text = utf8.decode(frame);
-    } catch {
-      return BAD_UTF8;
-    }
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return BAD_JSON;
-  }
+  const text = frameText(frame);
+  if (text === undefined) return BAD_UTF8;
+  const v = parseJson(text);
+  if (v === NOT_JSON) return BAD_JSON;
   if (typeof v !== "object" || v === null || Array.isArray(v)) return BAD_FRAME;
   const o = v as Record<string, unknown>;
   const type = o.type;
