@@ -51,7 +51,7 @@
  *   at once per event-loop turn and the rest queue FIFO for the next turns:
  *   in the same test every socket was read every second (Jain 0.98–1.0,
  *   ~100–120 MB/s). The cost is that beyond 16 reads a turn, reads wait
- *   their turn by one `setTimeout(0)` hop; `readsPerTurn: 0` turns it off.
+ *   their turn by one `setImmediate` hop; `readsPerTurn: 0` turns it off.
  * - **TLS** goes through the same code (`Deno.listenTls`, ALPN http/1.1);
  *   the handshake counts against the header timeout.
  * - **Graceful shutdown** stops accepting, closes idle keep-alive
