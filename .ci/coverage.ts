@@ -133,14 +133,14 @@ async function runSuite(args: string[]): Promise<number> {
     let ending = await once(group);
     if (crashed(ending) && group.length === 1) {
       console.log(
-        `== ${group[0]}: its test process was killed (code ${ending.code}, signal ` +
+        `\n== ${group[0]}: its test process was killed (code ${ending.code}, signal ` +
           `${ending.signal ?? "none"}); wrtc.node is known to crash while peer connections ` +
           `close (see .ci/suite.ts). Running the file once more.`,
       );
       ending = await once(group);
     }
     if (crashed(ending)) {
-      console.log(`== ${group.join(" ")}: the test process was killed again; that is a failure.`);
+      console.log(`\n== ${group.join(" ")}: the test process was killed again; that is a failure.`);
       reports.push(crashReport(group, ending));
       status = 1;
     } else if (ending.code !== 0) status = ending.code;
