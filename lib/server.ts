@@ -141,6 +141,7 @@ export function startServer(config: Config, options: StartOptions): SignalServer
     maxMessageBytes: config.limits.maxFrameBytes,
     maxBufferedBytes: config.maxBufferedBytes,
     idleTimeout: config.idleTimeout,
+    tokenSkewMs: config.auth.clockSkew * 1000,
   }, logger("transport"));
 
   function metrics(): MetricFamily[] {

@@ -7,7 +7,18 @@
 
 import assert from "node:assert/strict";
 import { parseConfig } from "../lib/config.ts";
-import { closeAll, hs256, newSecret, serve, upgrade, Ws } from "./helpers/auth_harness.ts";
+import {
+  closeAll,
+  hs256,
+  metrics,
+  newSecret,
+  nowSeconds,
+  sample,
+  serve,
+  T,
+  upgrade,
+  Ws,
+} from "./helpers/auth_harness.ts";
 
 Deno.test("y-webrtc: a protected topic needs a token that grants it; open topics stay open", async () => {
   const secret = newSecret();
@@ -99,6 +110,52 @@ Deno.test("PeerJS: a bearer token as the key opens the granted ids only, in the 
     });
   } finally {
     await closeAll([a, b, c]);
+  }
+});
+
+Deno.test("expiry: y-webrtc and PeerJS connections close with 1008 when their token expires", async () => {
+  const secret = newSecret();
+  await using s = serve([
+    "--jwt-secrets",
+    secret,
+    "--jwt-clock-skew",
+    "0",
+    "--auth-rooms",
+    "team-*",
+  ]);
+  // One expiry for all: 1–2 s ahead; one token good for an hour beside it.
+  const exp = nowSeconds() + 2;
+  const short = await hs256(secret, { rooms: ["team-*"], idents: ["*"] }, { sub: "u1", exp });
+  const long = await hs256(secret, { rooms: ["team-*"], idents: ["*"] }, { sub: "u2" });
+  let yShared: Ws | undefined, yPath: Ws | undefined, yLong: Ws | undefined, pj: Ws | undefined;
+  try {
+    // y-webrtc on its own path, and on the root it shares with DIVA.
+    yPath = await Ws.open(`${s.ws}yjs?token=${short}`);
+    yShared = await Ws.open(`${s.ws}?token=${short}`);
+    yLong = await Ws.open(`${s.ws}yjs?token=${long}`);
+    for (const y of [yPath, yShared, yLong]) {
+      y.send({ type: "subscribe", topics: ["team-red"] });
+      assert.deepEqual(await y.call({ type: "ping" }), { type: "pong" });
+    }
+    pj = await Ws.open(peerjsUrl(s, short, "alice"));
+    assert.deepEqual(await pj.next(), { type: "OPEN" });
+
+    for (const w of [yPath, yShared, pj]) {
+      assert.deepEqual(await w.closed(), { code: 1008, reason: "token expired" });
+    }
+    assert.ok(Date.now() >= exp * 1000);
+    // The holder of a token still valid is untouched and now alone in the topic.
+    yLong.send({ type: "publish", topic: "team-red", data: 1 });
+    assert.deepEqual(await yLong.next(T), {
+      type: "publish",
+      topic: "team-red",
+      data: 1,
+      clients: 1,
+    });
+    const m = await metrics(s.http);
+    assert.equal(sample(m.body, "signal_token_expired_closed_total"), 3);
+  } finally {
+    await closeAll([yShared, yPath, yLong, pj]);
   }
 });
 

@@ -172,6 +172,8 @@ export function divaEngine(options: DivaOptions): DivaEngine {
   return {
     name: "diva",
     broker,
+    // The broker closes on expiry itself and takes refreshed tokens (["auth"]).
+    refreshesTokens: true,
     accepts: (first) =>
       typeof first === "string" ? first.trimStart().startsWith("[") : first[0] === 0x5b,
     open: (link, peer) => broker.open(link, peer.grant ? access(peer.grant) : undefined),

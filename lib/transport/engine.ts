@@ -109,6 +109,13 @@ export interface Engine<C = unknown> {
    * connection's first message, belongs to this protocol.
    */
   accepts?(first: string | Uint8Array): boolean;
+  /**
+   * True when the engine itself ends a connection whose token expires (and
+   * may take a refreshed token on the connection, as DIVA's `["auth"]`
+   * does). For any other engine the transport closes the connection with
+   * 1008 `token expired` when the token it upgraded with expires.
+   */
+  readonly refreshesTokens?: boolean;
   /** A connection opened (or, on a shared path, sent its first message). */
   open(link: Link, peer: Peer): C;
   /** A message arrived (already checked against the size limit). */

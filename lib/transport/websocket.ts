@@ -5,8 +5,10 @@
  * which the engine sends, closes and asks to be woken. It enforces what every
  * protocol shares: the message size (checked on arrival, before the engine
  * sees the message), slow readers (a socket whose unsent bytes stay over the
- * limit is closed with 1008) and idle peers (the runtime's ping timeout). An
- * exception from an engine costs that connection (1011), never the process.
+ * limit is closed with 1008), idle peers (the runtime's ping timeout) and,
+ * for engines that do not refresh tokens themselves, the expiry of the token
+ * a connection upgraded with (closed with 1008). An exception from an engine
+ * costs that connection (1011), never the process.
  *
  * The runtime is passed in as an `upgrade` function with the shape of
  * `Deno.upgradeWebSocket`, so another implementation can stand in for Deno's.
@@ -85,6 +87,10 @@ export interface TransportOptions {
   idleTimeout: number;
   /** The runtime's upgrade; `Deno.upgradeWebSocket` when omitted. */
   upgrade?: Upgrade;
+  /** How long after its `exp` a token still counts, in ms (the JWT clock skew). Default 0. */
+  tokenSkewMs?: number;
+  /** The wall clock, for token expiry. Default `Date.now`. */
+  wallNow?: () => number;
 }
 
 /** Counters the transport keeps, for metrics. */
@@ -93,6 +99,8 @@ export interface TransportCounters {
   slow_reader_closed: number;
   /** Connections closed with 1011 because an engine threw. */
   internal_errors: number;
+  /** Connections closed with 1008 because their token expired (engines without refresh). */
+  token_expired_closed: number;
 }
 
 /**
@@ -117,6 +125,8 @@ export class Socket implements Link {
   wakeTimer: ReturnType<typeof setTimeout> | undefined = undefined;
   /** The pending second look at a socket over the buffer limit, if any. */
   slowTimer: ReturnType<typeof setTimeout> | undefined = undefined;
+  /** The pending end of the connection's token, if it has one that expires. */
+  expiryTimer: ReturnType<typeof setTimeout> | undefined = undefined;
 
   /** Made by {@link WebSocketTransport.accept}. */
   constructor(
@@ -171,7 +181,11 @@ export class Socket implements Link {
  */
 export class WebSocketTransport {
   /** Counters for metrics. */
-  readonly counters: TransportCounters = { slow_reader_closed: 0, internal_errors: 0 };
+  readonly counters: TransportCounters = {
+    slow_reader_closed: 0,
+    internal_errors: 0,
+    token_expired_closed: 0,
+  };
   /** The slow-reader limit, in bytes. */
   readonly maxBufferedBytes: number;
   readonly #options: TransportOptions;
@@ -213,7 +227,10 @@ export class WebSocketTransport {
       if (this.#stopping) {
         s.ended = true;
         s.close(TransportClose.goingAway, "server shutting down");
-      } else this.#start(s, mount.engines[0]);
+      } else {
+        this.#start(s, mount.engines[0]);
+        this.#armExpiry(s);
+      }
     };
     ws.onmessage = (e: MessageEvent<string | ArrayBuffer>) => {
       const d = e.data;
@@ -272,6 +289,29 @@ export class WebSocketTransport {
     this.#log.info("closing slow reader with {bytes} bytes unsent", { bytes: ws.bufferedAmount });
     ws.close(TransportClose.policy, "slow reader");
     this.#end(s, true);
+  }
+
+  /**
+   * Closes the connection when its token expires, unless the engine that
+   * holds it for good refreshes tokens itself. Tokens valid for longer than
+   * a timer can wait are looked at again then.
+   */
+  #armExpiry(s: Socket): void {
+    const exp = s.peer.grant?.expiresAt;
+    if (exp === undefined || exp === Infinity || s.ended) return;
+    const wallNow = this.#options.wallNow ?? Date.now;
+    const left = exp + (this.#options.tokenSkewMs ?? 0) - wallNow();
+    s.expiryTimer = setTimeout(() => {
+      s.expiryTimer = undefined;
+      if (s.ended || (s.chosen && s.engine?.refreshesTokens)) return;
+      if (left > MAX_TIMER_MS) return this.#armExpiry(s);
+      this.counters.token_expired_closed++;
+      this.#log.info("closing a {engine} connection: its token expired", {
+        engine: s.engine?.name ?? "new",
+      });
+      this.#end(s, true);
+      s.close(TransportClose.policy, "token expired");
+    }, Math.max(0, Math.min(left, MAX_TIMER_MS)));
   }
 
   #start(s: Socket, engine: Engine): void {
@@ -335,6 +375,7 @@ export class WebSocketTransport {
 
   #closed(s: Socket): void {
     clearTimeout(s.slowTimer);
+    clearTimeout(s.expiryTimer);
     clearTimeout(s.wakeTimer);
     this.#end(s);
     if (this.#sockets.delete(s) && this.#sockets.size === 0) {
