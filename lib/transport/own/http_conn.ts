@@ -12,7 +12,7 @@
  */
 
 import type { Admission } from "./admission.ts";
-import { clientAddress } from "./client_address.ts";
+import { clientAddress, isTrusted } from "./client_address.ts";
 import { closeQuietly, ConnReader, writeAll } from "./conn_reader.ts";
 import type { TransportCounters, TransportLogger } from "./counters.ts";
 import { headerValue, type RequestHead, RequestParser } from "./http1.ts";
@@ -202,7 +202,9 @@ export class HttpConnection {
     const env = this.#env;
     env.counters.requests++;
     const trust = env.settings.trustProxy;
-    if (trust !== undefined && this.#address === undefined) {
+    // Every request through a trusted proxy names its client: a proxy's
+    // kept-alive connection carries requests of many clients in turn.
+    if (trust !== undefined && isTrusted(this.#peer.hostname, trust)) {
       const named = headerValue(head.headers, trust.header.toLowerCase());
       if (!await this.#moveTo(clientAddress(this.#peer.hostname, named, trust))) return false;
     }
