@@ -46,8 +46,6 @@ export interface TransportCounters {
   wsCloseTimeouts: number;
   /** WebSockets cut because the peer did not answer a ping in time. */
   wsPingTimeouts: number;
-  /** WebSockets cut because their unsent queue passed `maxBufferedBytes`. */
-  wsBufferCuts: number;
   /** Exceptions thrown by WebSocket event handlers (the socket is closed with 1011). */
   wsHandlerErrors: number;
 }
@@ -74,7 +72,6 @@ export function newCounters(): TransportCounters {
     wsTooBig: 0,
     wsCloseTimeouts: 0,
     wsPingTimeouts: 0,
-    wsBufferCuts: 0,
     wsHandlerErrors: 0,
   };
 }

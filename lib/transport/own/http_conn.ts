@@ -219,7 +219,6 @@ export class HttpConnection {
       socketDefaults: {
         maxMessageBytes: env.settings.webSocket.maxMessageBytes,
         closeTimeoutMs: env.settings.webSocket.closeTimeoutMs,
-        maxBufferedBytes: env.settings.webSocket.maxBufferedBytes,
       },
     };
     registerRequest(request, origin);

@@ -89,8 +89,6 @@ export interface ServeOptions {
     maxMessageBytes?: number;
     /** Time a sent close waits for the peer's. Default 2000. */
     closeTimeoutMs?: number;
-    /** Unsent bytes past which a socket is cut (0 = no cap). Default 0. */
-    maxBufferedBytes?: number;
   };
 }
 
@@ -155,7 +153,6 @@ export function resolveOptions(o: ServeOptions): Settings {
     webSocket: {
       maxMessageBytes: o.webSocket?.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       closeTimeoutMs: o.webSocket?.closeTimeoutMs ?? 2000,
-      maxBufferedBytes: o.webSocket?.maxBufferedBytes ?? 0,
     },
   };
   if ((s.cert === undefined) !== (s.key === undefined)) {

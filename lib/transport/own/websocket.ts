@@ -28,11 +28,6 @@ export interface SocketOptions {
   maxMessageBytes?: number;
   /** How long a sent close may wait for the peer's, in ms, before the cut. Default 2000. */
   closeTimeoutMs?: number;
-  /**
-   * Unsent bytes past which the connection is cut at once (0 = no cap, the
-   * application watches `bufferedAmount` itself). Default 0.
-   */
-  maxBufferedBytes?: number;
   /** The subprotocol to accept; must be one the client offered. */
   protocol?: string;
 }
@@ -180,7 +175,6 @@ class Session {
   readonly #idleMs: number;
   readonly #maxMessage: number | undefined;
   readonly #closeTimeoutMs: number;
-  readonly #maxBuffered: number;
   readonly protocol: string;
   readyState: ReadyStateValue = ReadyState.CONNECTING;
   binaryType: BinaryType = "arraybuffer";
@@ -209,7 +203,6 @@ class Session {
     this.#idleMs = (options.idleTimeout ?? 30) * 1000;
     this.#maxMessage = options.maxMessageBytes;
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 2000;
-    this.#maxBuffered = options.maxBufferedBytes ?? 0;
     this.protocol = options.protocol ?? "";
   }
 
@@ -228,16 +221,6 @@ class Session {
       this.#batch.binary(new Uint8Array(data));
     } else {
       throw new TypeError("send takes a string, an ArrayBuffer or a view");
-    }
-    if (this.#maxBuffered > 0 && this.bufferedAmount > this.#maxBuffered) {
-      this.#io!.counters.wsBufferCuts++;
-      // The peer is not reading: a close frame would only queue behind the
-      // rest. The cut waits a microtask so that onclose never runs inside
-      // the application's own send call.
-      this.readyState = ReadyState.CLOSING;
-      this.#batch.clear();
-      queueMicrotask(() => this.#cut(1006, "unsent data over the limit", false));
-      return;
     }
     this.#queueFlush();
   }
