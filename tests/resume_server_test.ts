@@ -398,7 +398,12 @@ Deno.test("resume: a reply the old socket lost settles no request made since (it
     proxy.mute(link);
     const lost = a.ident();
     const lostFailed = assert.rejects(lost, /connection lost/);
+    const until = performance.now() + T;
     while (!link.frames.some((f) => f.afterCut && f.text?.startsWith('["ident"'))) {
+      assert.ok(
+        performance.now() < until,
+        `the muted ident reply did not reach the proxy in ${T} ms`,
+      );
       await sleep(5);
     }
     const lostIdent = JSON.parse(link.frames.find((f) => f.text?.startsWith('["ident"'))!.text!)[1];
