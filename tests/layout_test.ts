@@ -36,6 +36,8 @@ function imports(file: string): string[] {
   const text = Deno.readTextFileSync(join(ROOT, file));
   const specs = [
     ...text.matchAll(/^\s*(?:import|export)[^'"]*from\s+["']([^"']+)["']/gm),
+    // A bare import, for its side effects: `import "./x.ts";`.
+    ...text.matchAll(/^\s*import\s*["']([^"']+)["']/gm),
     ...text.matchAll(/import\(\s*["']([^"']+)["']\s*\)/g),
   ].map((m) => m[1]);
   return specs.filter((s) => s.startsWith(".")).map((s) =>
@@ -94,9 +96,14 @@ Deno.test("layout: the pure cores use no Deno API, no timers and no Redis client
 });
 
 Deno.test("layout: ioredis is loaded only by the cluster's adapters", () => {
+  // Static (`from "ioredis"`), bare (`import "ioredis"`) and dynamic imports.
   const users = modules().filter((m) =>
-    /from\s+["']ioredis["']/.test(Deno.readTextFileSync(join(ROOT, m)))
+    /(?:\bfrom\s*|^\s*import\s*|\bimport\(\s*)["']ioredis["']/m.test(
+      Deno.readTextFileSync(join(ROOT, m)),
+    )
   );
+  // An empty list would pass the loop below: the adapters do load it.
+  assert.ok(users.length > 0, "no module imports ioredis: the pattern is stale");
   for (const u of users) assert.match(u, /^lib\/cluster\/redis/, `${u} imports ioredis`);
   // And main.ts reaches them only through a dynamic import, in cluster mode.
   const main = Deno.readTextFileSync(join(ROOT, "main.ts"));
