@@ -301,6 +301,14 @@ Deno.test("per-address cap through a trusted proxy counts the forwarded client",
   }
 });
 
+/** `logIntervalMs` of tests/helpers/own_fd_server.ts. */
+const FD_SERVER_LOG_INTERVAL_MS = 200;
+
+/** The accept-failure reports in a child's stderr. */
+function acceptLines(stderr: string): string[] {
+  return stderr.split("\n").filter((l) => l.includes("accept failed"));
+}
+
 Deno.test({
   name: "accept() failing with EMFILE does not end the server; it answers once descriptors free",
   async fn() {
@@ -326,6 +334,9 @@ Deno.test({
       const first = await withTimeout(out.read(), 20_000, "the child's port");
       const port = Number(new TextDecoder().decode(first.value).trim());
       assert.ok(port > 0);
+      // No accept() can fail before the first connection: the start of the
+      // window the failures (and their log lines) fall in.
+      const windowStart = performance.now();
       // 100 connections against 64 descriptors: accept() must fail.
       for (let i = 0; i < 100; i++) held.push(await Deno.connect({ hostname: "127.0.0.1", port }));
       await eventually(
@@ -334,6 +345,14 @@ Deno.test({
         10_000,
       );
       assert.match(stderr, /Too many open files/);
+      // Keep the descriptors exhausted until a second report: with the
+      // backoff's waits (10, 20, 40, 80, 160 ms, ...) several failures fall
+      // within one log interval, and the second report says how many it held back.
+      await eventually(
+        "the child logs a second accept failure",
+        () => acceptLines(stderr).length >= 2,
+        10_000,
+      );
       for (const c of held.splice(0)) c.close();
       // Once the held connections are gone, the server answers again.
       let counters: Record<string, number> | undefined;
@@ -350,8 +369,24 @@ Deno.test({
       assert.ok(counters!.accepted >= 100, JSON.stringify(counters));
       assert.equal(exited, false, "the server process never exited");
       // Repeated failures are logged at a bounded rate.
-      const lines = stderr.split("\n").filter((l) => l.includes("accept failed")).length;
+      const reports = acceptLines(stderr);
+      const lines = reports.length;
+      const elapsedMs = performance.now() - windowStart;
       assert.ok(lines <= counters!.acceptErrors, stderr);
+      // At most one line per `logIntervalMs` (200 in own_fd_server.ts) over
+      // the time the failures could happen in.
+      assert.ok(
+        lines <= 1 + Math.ceil(elapsedMs / FD_SERVER_LOG_INTERVAL_MS),
+        `${lines} lines in ${elapsedMs.toFixed(0)} ms:\n${stderr}`,
+      );
+      // Failures were held back, and each one is counted in a later report.
+      const suppressed = reports.reduce((n, l) => n + Number(/"more":(\d+)/.exec(l)![1]), 0);
+      assert.ok(suppressed > 0, `no report held back a failure:\n${stderr}`);
+      assert.ok(
+        counters!.acceptErrors >= lines + suppressed,
+        `${counters!.acceptErrors} failures, ${lines} lines, ${suppressed} held back`,
+      );
+      assert.ok(counters!.acceptErrors > lines, `every failure was logged:\n${stderr}`);
       child.kill("SIGTERM");
       assert.equal((await status).code, 0);
     } finally {
