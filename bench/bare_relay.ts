@@ -57,8 +57,6 @@ import {
   wireWebSocket,
 } from "./relay_serve.ts";
 
-export { type BareRelay, type BareRelayOptions, type Transport, TRANSPORTS };
-
 function serveOnOwn(core: RelayCore, o: BareRelayOptions): BareRelay {
   const server = ownServe({
     hostname: o.host,
@@ -91,7 +89,7 @@ function serveOnOwn(core: RelayCore, o: BareRelayOptions): BareRelay {
  * Starts the bare relay on `host:port` over `transport`; resolves once it
  * listens (for `workers`, once every worker listens).
  */
-export async function startBareRelay(o: BareRelayOptions): Promise<BareRelay> {
+async function startBareRelay(o: BareRelayOptions): Promise<BareRelay> {
   const transport = o.transport ?? "deno";
   if (transport === "workers") {
     return await startWorkerRelay(o);

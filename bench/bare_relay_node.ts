@@ -30,7 +30,7 @@ import {
 } from "./relay_serve.ts";
 
 /** The `ws` version measured (the one `deno.lock` already holds, for y-webrtc). */
-export const WS_SPECIFIER = "npm:ws@8.23.0";
+const WS_SPECIFIER = "npm:ws@8.23.0";
 
 /** The parts of `ws`'s server socket the relay uses. */
 interface WsSocket {

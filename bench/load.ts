@@ -84,8 +84,14 @@ async function connectMany(
   }
 }
 
-/** Closes sockets and waits (at most `ms`) until each has closed. */
-async function closeAll(sockets: WebSocket[], ms = 20_000): Promise<void> {
+/** How long {@link closeAll} waits for the sockets' closes. */
+const CLOSE_TIMEOUT_MS = 20_000;
+
+/** How long a relay shard's `drain` waits for what is still in flight. */
+const DRAIN_TIMEOUT_MS = 5000;
+
+/** Closes sockets and waits (at most {@link CLOSE_TIMEOUT_MS}) until each has closed. */
+async function closeAll(sockets: WebSocket[]): Promise<void> {
   const pending: Promise<void>[] = [];
   for (const ws of sockets) {
     if (ws.readyState === WebSocket.CLOSED) continue;
@@ -98,7 +104,7 @@ async function closeAll(sockets: WebSocket[], ms = 20_000): Promise<void> {
       resolve();
     }
   }
-  await within(Promise.all(pending), ms, "closing sockets").catch(() => {
+  await within(Promise.all(pending), CLOSE_TIMEOUT_MS, "closing sockets").catch(() => {
     // A socket that never reports its close must not hang the benchmark.
   });
 }
@@ -510,11 +516,11 @@ export class YRelayShard {
   }
 
   /**
-   * Stops publishing and waits (at most `drainTimeoutMs`) until every
+   * Stops publishing and waits (at most {@link DRAIN_TIMEOUT_MS}) until every
    * publish made has reached the partner and come back to its sender: what
    * is still missing then was lost.
    */
-  async drain(drainTimeoutMs = 5000): Promise<YRelayDrain> {
+  async drain(): Promise<YRelayDrain> {
     this.#sending = false;
     const stopped = clock();
     const owed = () => {
@@ -526,7 +532,7 @@ export class YRelayShard {
       }
       return { lost, lostEchoes };
     };
-    for (let waited = 0; waited < drainTimeoutMs; waited += 10) {
+    for (let waited = 0; waited < DRAIN_TIMEOUT_MS; waited += 10) {
       const o = owed();
       if (o.lost === 0 && o.lostEchoes === 0) break;
       await new Promise((r) => setTimeout(r, 10));
@@ -826,14 +832,14 @@ export class PeerjsRelayShard {
   }
 
   /**
-   * Stops sending and waits (at most `drainTimeoutMs`) until every message
+   * Stops sending and waits (at most {@link DRAIN_TIMEOUT_MS}) until every message
    * sent has reached the partner: what is still missing then was lost.
    */
-  async drain(drainTimeoutMs = 5000): Promise<YRelayDrain> {
+  async drain(): Promise<YRelayDrain> {
     this.#sending = false;
     const stopped = clock();
     const lost = () => this.#peers.reduce((a, x) => a + x.sent - x.partner.received, 0);
-    for (let waited = 0; waited < drainTimeoutMs && lost() > 0; waited += 10) {
+    for (let waited = 0; waited < DRAIN_TIMEOUT_MS && lost() > 0; waited += 10) {
       await new Promise((r) => setTimeout(r, 10));
     }
     return { lost: lost(), lostEchoes: 0, drainMs: Math.max(0, this.#lastDelivery - stopped) };

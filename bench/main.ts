@@ -211,11 +211,19 @@ function int(text: string | undefined, fallback: number, name: string, min = 1):
   return n;
 }
 
+/** The items of a comma-separated list, trimmed, empty ones left out. */
+function csv(text: string): string[] {
+  return text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+}
+
+/** The whole numbers ≥ 1 of a comma-separated `--name` list (every item must be one). */
+function ints(text: string, name: string): number[] {
+  return text.split(",").map((s) => int(s.trim(), 0, name));
+}
+
 async function settings(values: ReturnType<typeof parse>["values"]): Promise<Settings> {
   const q = values.quick;
-  const only = new Set(
-    (values.only ?? WORKLOADS.join(",")).split(",").map((s) => s.trim()).filter((s) => s !== ""),
-  );
+  const only = new Set(csv(values.only ?? WORKLOADS.join(",")));
   for (const w of only) {
     if (!WORKLOADS.includes(w)) throw new UsageError(`--only: unknown workload "${w}"`);
   }
@@ -229,7 +237,7 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
     only.delete("cluster");
     clusterSkipped = "redis-server is not installed";
   }
-  const targets = values.targets.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const targets = csv(values.targets);
   for (const t of targets) {
     if (!(TARGET_NAMES as readonly string[]).includes(t)) {
       throw new UsageError(`--targets: unknown target "${t}" (${TARGET_NAMES.join(", ")})`);
@@ -238,15 +246,14 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
   // The baselines first, so the others' lines can carry their ratios.
   const baseline = (t: string) => t === "bound" || t === "reference" || t === "peerjs-reference";
   targets.sort((a, b) => Number(baseline(b)) - Number(baseline(a)));
-  const pairs = (values.pairs ?? (q ? "2,4" : "50,500")).split(",").map((s) =>
-    int(s.trim(), 0, "pairs")
-  );
-  const ywebrtcPairs = values["ywebrtc-pairs"] === undefined
-    ? (q && values.pairs === undefined ? [2] : pairs)
-    : values["ywebrtc-pairs"].split(",").map((s) => int(s.trim(), 0, "ywebrtc-pairs"));
-  const peerjsPairs = values["peerjs-pairs"] === undefined
-    ? (q && values.pairs === undefined ? [2] : pairs)
-    : values["peerjs-pairs"].split(",").map((s) => int(s.trim(), 0, "peerjs-pairs"));
+  const pairs = ints(values.pairs ?? (q ? "2,4" : "50,500"), "pairs");
+  // The other wires' pair counts: --pairs unless given (--quick alone: 2).
+  const wirePairs = (name: "ywebrtc-pairs" | "peerjs-pairs") => {
+    const text = values[name];
+    return text === undefined ? (q && values.pairs === undefined ? [2] : pairs) : ints(text, name);
+  };
+  const ywebrtcPairs = wirePairs("ywebrtc-pairs");
+  const peerjsPairs = wirePairs("peerjs-pairs");
   const cpus = onlineCpus();
   const pin = values.pin === "auto" && cpus >= 2 && await hasTaskset();
   if (values.pin !== "auto" && values.pin !== "off") throw new UsageError(`--pin: auto or off`);
@@ -1155,7 +1162,7 @@ async function runWorkloads(
  * in ≤ 1.1× the bound's time. Each is judged only where the run measured
  * exactly that size; other sizes are shown without a verdict.
  */
-export const TRANSPORT_TARGETS = {
+const TRANSPORT_TARGETS = {
   large: { pairs: 500, fairness: 0.9, longestWaitMs: 1000, vsBound: 0.75 },
   small: { pairs: 50, vsBound: 0.92 },
   join: { clients: 2000, roomSize: 10, vsBoundTime: 1.1 },

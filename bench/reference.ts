@@ -1,203 +1,37 @@
 /**
  * Finds y-webrtc's own signalling server (`bin/server.js` of the npm
  * package `y-webrtc`, the version the project's tests use) and makes it
- * runnable under Node, for the benchmark's `reference` target.
+ * runnable under Node, for the benchmark's `reference` target; how it is
+ * laid out and checked is in `node_reference.ts`.
  *
- * `bin/server.js` imports `ws` and `lib0`, y-webrtc's dependencies. Deno's
- * npm cache keeps each package in a folder of its own (`<name>/<version>`),
- * with no `node_modules` where Node would look, so the package is laid out
- * for Node in a temporary directory:
- *
- * 1. **From Deno's cache** (no download when the project's tests ran):
- *    `deno info --json npm:y-webrtc@…` names the cached folder of y-webrtc
- *    and of every package it depends on; each is linked under
- *    `<tmp>/node_modules/<name>`, and Node runs
- *    `<tmp>/node_modules/y-webrtc/bin/server.js` with `--preserve-symlinks`
- *    (and `-main`), so imports resolve in `<tmp>/node_modules`. Only
- *    y-webrtc's own dependency tree is linked, as `npm install y-webrtc`
- *    would give it (so no optional native `bufferutil` for `ws`).
- * 2. **Else with npm**: `npm install --no-save y-webrtc@…` in the temporary
- *    directory (the npm registry is reachable), and Node runs the installed
- *    `bin/server.js`.
- *
- * Either way the server is tried once before it is measured; what failed
- * is reported, and the benchmark reports the target as skipped.
+ * It runs as `node …/bin/server.js` with `PORT` in its environment, and
+ * answers `okay` to any HTTP request once it listens.
  *
  * @module
  */
 
+import {
+  type NodeServer,
+  type NodeServerUnavailable,
+  prepareNodeServer,
+} from "./node_reference.ts";
+
 /** The y-webrtc version whose server is the reference (the one in deno.json). */
-export const Y_WEBRTC_VERSION = "10.3.0";
+const Y_WEBRTC_VERSION = "10.3.0";
 
-/** A runnable reference server. */
-export interface Reference {
-  /** The command line (`node …/bin/server.js`); `PORT` chooses the port. */
-  argv: string[];
-  /** Where it runs. */
-  cwd: string;
-  /** How it was laid out: `deno-cache` or `npm-install`. */
-  how: "deno-cache" | "npm-install";
-  /** `node --version`. */
-  node: string;
-  /** The y-webrtc version. */
-  version: string;
-  /** Removes the temporary directory. */
-  cleanup(): Promise<void>;
-}
-
-/** Why the reference server cannot run here. */
-export interface ReferenceUnavailable {
-  /** What went wrong, for the report. */
-  skipped: string;
-}
-
-async function run(
-  cmd: string,
-  args: string[],
-  cwd?: string,
-): Promise<{ ok: boolean; out: string; err: string }> {
-  try {
-    const o = await new Deno.Command(cmd, {
-      args,
-      cwd,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(180_000),
-    }).output();
-    const dec = new TextDecoder();
-    return { ok: o.success, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
-  } catch (e) {
-    return { ok: false, out: "", err: (e as Error).message };
-  }
-}
-
-interface NpmPackage {
-  name: string;
-  dependencies: string[];
-  localPath?: string;
-}
-
-/** Links y-webrtc and its dependency tree from Deno's npm cache under `dir/node_modules`. */
-async function fromDenoCache(dir: string): Promise<string> {
-  // Run where no deno.json is, so the project's lockfile is left alone.
-  const info = await run(
-    Deno.execPath(),
-    ["info", "--json", `npm:y-webrtc@${Y_WEBRTC_VERSION}`],
-    dir,
-  );
-  if (!info.ok) throw new Error(`deno info failed: ${info.err.trim().split("\n")[0]}`);
-  const packages = (JSON.parse(info.out) as { npmPackages: Record<string, NpmPackage> })
-    .npmPackages;
-  const root = Object.keys(packages).find((k) => k.startsWith(`y-webrtc@${Y_WEBRTC_VERSION}`));
-  if (root === undefined) throw new Error("deno info does not list y-webrtc");
-  await Deno.mkdir(`${dir}/node_modules`, { recursive: true });
-  // Breadth first, one version per name (the nearest), as a flat node_modules.
-  const linked = new Set<string>();
-  const queue = [root];
-  while (queue.length > 0) {
-    const id = queue.shift()!;
-    const p = packages[id];
-    if (p === undefined || linked.has(p.name)) continue;
-    if (p.localPath === undefined) throw new Error(`${id} is not in Deno's npm cache`);
-    linked.add(p.name);
-    const at = `${dir}/node_modules/${p.name}`;
-    await Deno.mkdir(at.slice(0, at.lastIndexOf("/")), { recursive: true });
-    await Deno.symlink(p.localPath, at);
-    queue.push(...p.dependencies);
-  }
-  return `${dir}/node_modules/y-webrtc/bin/server.js`;
-}
-
-/** Installs y-webrtc with npm under `dir`. */
-async function fromNpm(dir: string): Promise<string> {
-  await Deno.remove(`${dir}/node_modules`, { recursive: true }).catch(() => {});
-  const npm = await run("npm", [
-    "install",
-    "--no-save",
-    "--no-audit",
-    "--no-fund",
-    "--no-package-lock",
-    "--loglevel=error",
-    `y-webrtc@${Y_WEBRTC_VERSION}`,
-  ], dir);
-  if (!npm.ok) throw new Error(`npm install failed: ${npm.err.trim().split("\n").pop()}`);
-  return `${dir}/node_modules/y-webrtc/bin/server.js`;
-}
-
-/** True when `node … script` starts and listens (checked with a short run). */
-async function listens(argv: string[], cwd: string): Promise<string | undefined> {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    cwd,
-    env: { PORT: String(port) },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const err = new Response(child.stderr).text();
-  let exited = false;
-  const status = child.status.then((s) => (exited = true, s));
-  try {
-    for (let i = 0; i < 200 && !exited; i++) {
-      try {
-        const r = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(1000) });
-        const text = await r.text();
-        if (text === "okay") return undefined;
-      } catch {
-        // not yet
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  } finally {
-    if (!exited) child.kill("SIGKILL");
-    await status;
-  }
-  return (await err).trim().split("\n").slice(-3).join(" ") || "it did not answer";
-}
+/** A runnable reference server (`version` is the y-webrtc version). */
+export type Reference = NodeServer;
 
 /**
  * Lays out and checks the reference server; what to run, or why it cannot
  * run here (no Node, no package).
  */
-export async function prepareReference(): Promise<Reference | ReferenceUnavailable> {
-  // Deno runs itself for a `node` that is not on PATH: only a real Node says `v<major>.`.
-  const node = await run("node", ["--version"]);
-  if (!node.ok || !/^v\d+\./.test(node.out)) {
-    return {
-      skipped: `node is not installed here (${node.err.trim() || node.out.split("\n")[0]})`,
-    };
-  }
-  const dir = await Deno.makeTempDir({ prefix: "bench-y-webrtc-" });
-  const cleanup = () => Deno.remove(dir, { recursive: true }).catch(() => {});
-  const problems: string[] = [];
-  const ways: [Reference["how"], () => Promise<string>, string[]][] = [
-    ["deno-cache", () => fromDenoCache(dir), ["--preserve-symlinks", "--preserve-symlinks-main"]],
-    ["npm-install", () => fromNpm(dir), []],
-  ];
-  for (const [how, layout, flags] of ways) {
-    try {
-      const script = await layout();
-      const argv = ["node", ...flags, script];
-      const why = await listens(argv, dir);
-      if (why === undefined) {
-        return {
-          argv,
-          cwd: dir,
-          how,
-          node: node.out.trim(),
-          version: Y_WEBRTC_VERSION,
-          cleanup,
-        };
-      }
-      problems.push(`${how}: ${why}`);
-    } catch (e) {
-      problems.push(`${how}: ${(e as Error).message}`);
-    }
-  }
-  await cleanup();
-  return { skipped: `y-webrtc's bin/server.js does not run under Node: ${problems.join("; ")}` };
+export function prepareReference(): Promise<Reference | NodeServerUnavailable> {
+  return prepareNodeServer({
+    pkg: "y-webrtc",
+    version: Y_WEBRTC_VERSION,
+    bin: "bin/server.js",
+    args: [],
+    answers: (_res, text) => text === "okay",
+  });
 }

@@ -39,7 +39,7 @@ export function isBound(name: string): name is BoundName {
 }
 
 /** CPUs in a `taskset -c` list such as `0`, `0-1` or `0,2-3` (0 when the list is empty). */
-export function cpusIn(list: string): number {
+function cpusIn(list: string): number {
   let n = 0;
   for (const part of list.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
     const [a, b] = part.split("-").map(Number);
@@ -67,7 +67,7 @@ export interface Target {
 }
 
 /** How to start a target process. */
-export interface StartOptions {
+interface StartOptions {
   /** `taskset -c` CPU list for the process ("" = not pinned). */
   cpus: string;
   /** Extra `deno run` flags (for example `--cpu-prof`). */
@@ -112,7 +112,7 @@ export const SERVER_FLAGS: readonly string[] = [
 ];
 
 /** The flags of the `defaults` target: only quiet logs and a quick stop, every limit as shipped. */
-export const DEFAULTS_FLAGS: readonly string[] = [
+const DEFAULTS_FLAGS: readonly string[] = [
   "--log-level",
   "warning",
   "--shutdown-timeout",
@@ -155,7 +155,7 @@ export async function hasTaskset(): Promise<boolean> {
 let bashOk: boolean | undefined;
 
 /** True when `bash` can be run (to raise the open-file limit before exec). */
-export async function hasBash(): Promise<boolean> {
+async function hasBash(): Promise<boolean> {
   if (bashOk === undefined) {
     try {
       bashOk = (await new Deno.Command("bash", { args: ["-c", "true"] }).output()).success;
@@ -195,7 +195,7 @@ export async function wrapped(argv: string[], cpus: string): Promise<string[]> {
 }
 
 /** A free loopback TCP port (closed again; the process binds it right after). */
-function freePort(): number {
+export function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
@@ -347,7 +347,7 @@ function track(child: Deno.ChildProcess): { exited(): boolean; stop(): Promise<v
 }
 
 /** A `redis-server` started by the benchmark. */
-export interface RedisProcess {
+interface RedisProcess {
   /** `redis://127.0.0.1:<port>`. */
   readonly url: string;
   /** Its process id (for CPU and memory figures). */

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { Directory } from "../bench/bare_relay_workers.ts";
 import { probe } from "../bench/probe_controls.ts";
 import { Histogram, jain } from "../bench/stats.ts";
+import { freePort } from "./helpers/redis.ts";
 
 const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
 
@@ -51,14 +52,27 @@ function obj(line: Line, key: string): Line {
   return v as Line;
 }
 
-Deno.test("bench --quick: every workload prints sane JSON lines for every target", async () => {
-  assert.ok(
-    !(REDIS_MISSING && CI),
-    "redis-server is not installed, and CI must run the cluster bench",
-  );
-  assert.ok(!(NODE_MISSING && CI), "node is not installed, and CI must run the y-webrtc reference");
+/**
+ * The figures every relay line carries (DIVA, y-webrtc, PeerJS, cluster):
+ * `what` was delivered, latency quantiles in order, the longest wait at
+ * least the slowest delivery, fairness in (0, 1], each pair's `what` in order.
+ */
+function assertRelayFigures(l: Line, who: string, what: string): void {
+  assert.ok(num(l, "delivered") > 0, `${who}: ${what} were delivered`);
+  assert.ok(num(l, "msgs_per_s") > 0);
+  const lat = obj(l, "latency_ms");
+  assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
+  assert.ok(num(lat, "p99") <= num(lat, "max"));
+  assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
+  const f = num(l, "fairness");
+  assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+  assert.equal(l.out_of_order, 0, `${who}: each pair's ${what} arrive in order`);
+}
+
+/** Runs `bench/main.ts` with `args` and returns its JSON lines (and stderr for messages). */
+async function runBench(args: string[]): Promise<{ lines: Line[]; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "--quick"],
+    args: ["run", "-A", MAIN, ...args],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -68,6 +82,16 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   assert.equal(out.code, 0, `bench failed:\n${stderr}`);
   const lines: Line[] = new TextDecoder().decode(out.stdout).split("\n")
     .filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  return { lines, stderr };
+}
+
+Deno.test("bench --quick: every workload prints sane JSON lines for every target", async () => {
+  assert.ok(
+    !(REDIS_MISSING && CI),
+    "redis-server is not installed, and CI must run the cluster bench",
+  );
+  assert.ok(!(NODE_MISSING && CI), "node is not installed, and CI must run the y-webrtc reference");
+  const { lines, stderr } = await runBench(["--quick"]);
   const pick = (bench: string, target?: string) =>
     lines.filter((l) => l.bench === bench && (target === undefined || l.target === target));
 
@@ -89,18 +113,10 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   ]);
   for (const l of relays) {
     assert.equal(l.window, 2);
-    assert.ok(num(l, "delivered") > 0, "signals were delivered");
-    assert.ok(num(l, "msgs_per_s") > 0);
+    assertRelayFigures(l, `${l.target} P=${l.pairs}`, "signals");
     assert.ok(num(l, "duration_s") > 0.5);
-    const lat = obj(l, "latency_ms");
-    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
-    assert.ok(num(lat, "p99") <= num(lat, "max"));
-    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
-    const f = num(l, "fairness");
-    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
     const spread = obj(l, "per_peer");
     assert.ok(num(spread, "min") <= num(spread, "p50") && num(spread, "p50") <= num(spread, "max"));
-    assert.equal(l.out_of_order, 0, "each pair's signals arrive in order");
     assert.equal(l.errors, 0);
     assert.ok(num(l, "server_cpu") >= 0);
     assert.ok(num(l, "server_cpu_us_per_msg") >= 0);
@@ -157,15 +173,7 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   for (const l of yruns) {
     assert.equal(l.pairs, 2, "--quick: 2 y-webrtc pairs");
     assert.equal(l.window, 2);
-    assert.ok(num(l, "delivered") > 0, `${l.target}: publishes were delivered`);
-    assert.ok(num(l, "msgs_per_s") > 0);
-    const lat = obj(l, "latency_ms");
-    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
-    assert.ok(num(lat, "p99") <= num(lat, "max"));
-    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
-    const f = num(l, "fairness");
-    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
-    assert.equal(l.out_of_order, 0, `${l.target}: each pair's publishes arrive in order`);
+    assertRelayFigures(l, String(l.target), "publishes");
     assert.equal(l.errors, 0, `${l.target}: no error frames`);
     assert.equal(l.lost, 0, `${l.target}: every publish reached the partner`);
     assert.equal(l.lost_echoes, 0, `${l.target}: every publish was echoed to its sender`);
@@ -206,16 +214,8 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   for (const l of pjRuns) {
     assert.equal(l.pairs, 2, "--quick: 2 PeerJS pairs");
     assert.equal(l.window, 2);
-    assert.ok(num(l, "delivered") > 0, `${l.target}: CANDIDATEs were delivered`);
-    assert.ok(num(l, "msgs_per_s") > 0);
-    const lat = obj(l, "latency_ms");
-    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
-    assert.ok(num(lat, "p99") <= num(lat, "max"));
-    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
-    const f = num(l, "fairness");
-    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
+    assertRelayFigures(l, String(l.target), "CANDIDATEs");
     assert.ok(num(obj(l, "per_peer"), "min") > 0, `${l.target}: every client got messages`);
-    assert.equal(l.out_of_order, 0, `${l.target}: each pair's messages arrive in order`);
     assert.equal(l.errors, 0, `${l.target}: no ERROR, ID-TAKEN or EXPIRE`);
     assert.equal(l.lost, 0, `${l.target}: every CANDIDATE reached the partner`);
     assert.ok(num(l, "drain_ms") >= 0);
@@ -252,15 +252,7 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   for (const l of clusters) {
     assert.equal(l.instances, 2);
     assert.equal(l.pairs, 2, "--quick: 2 cluster pairs");
-    assert.ok(num(l, "delivered") > 0, `${l.placement}: signals were delivered`);
-    assert.ok(num(l, "msgs_per_s") > 0);
-    const lat = obj(l, "latency_ms");
-    assert.ok(num(lat, "p50") > 0 && num(lat, "p50") <= num(lat, "p99"));
-    assert.ok(num(lat, "p99") <= num(lat, "max"));
-    assert.ok(num(l, "longest_wait_ms") >= num(lat, "max"));
-    const f = num(l, "fairness");
-    assert.ok(f > 0 && f <= 1, `fairness ${f} in (0, 1]`);
-    assert.equal(l.out_of_order, 0, `${l.placement}: each pair's signals arrive in order`);
+    assertRelayFigures(l, String(l.placement), "signals");
     assert.equal(l.errors, 0, `${l.placement}: no error frames (e.g. unavailable)`);
     const cpu = obj(l, "cpu");
     for (const k of ["instance1", "instance2", "redis", "generator"]) {
@@ -285,22 +277,6 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
   assert.ok(num(obj(cross, "cpu"), "redis") > 0, "cross-instance signals pass through Redis");
   assert.ok(num(obj(cross, "cpu"), "instance2") > 0, "the partners sit on instance 2");
 });
-
-/** Runs `bench/main.ts` with `args` and returns its JSON lines (and stderr for messages). */
-async function runBench(args: string[]): Promise<{ lines: Line[]; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(180_000),
-  }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.equal(out.code, 0, `bench failed:\n${stderr}`);
-  const lines: Line[] = new TextDecoder().decode(out.stdout).split("\n")
-    .filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
-  return { lines, stderr };
-}
 
 const CANDIDATES = ["bound", "bound-own", "bound-node", "bound-workers"];
 
@@ -364,12 +340,7 @@ Deno.test("bench --quick: every transport candidate runs the bare relay, with ra
 });
 
 Deno.test("bare relay on two workers: stuns through the directory, signals across workers", async () => {
-  const port = (() => {
-    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const p = (l.addr as Deno.NetAddr).port;
-    l.close();
-    return p;
-  })();
+  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
