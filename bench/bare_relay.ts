@@ -10,7 +10,7 @@
  *   (`idleTimeout: 0`), the bound of every earlier run;
  * - `own` (target `bound-own`): the project's own transport,
  *   `lib/transport/own` `serve` + `upgradeWebSocket` on `Deno.listen`, with
- *   its defaults (16 reads per turn, 5 s header timeout, 1 MiB messages) and
+ *   its defaults (4 reads per turn, 5 s header timeout, 1 MiB messages) and
  *   no connection caps;
  * - `node` (target `bound-node`): `node:http` + `npm:ws@8` under Deno, with
  *   `maxPayload` 1 MiB and `server.headersTimeout` 5 s (`bare_relay_node.ts`);

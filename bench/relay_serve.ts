@@ -41,7 +41,7 @@ export interface BareRelayOptions {
   readStats?: boolean;
   /** Worker isolates (`workers` only). Default 1. */
   workers?: number;
-  /** The own transport's `readsPerTurn` (`own` only). Default: the transport's (16). */
+  /** The own transport's `readsPerTurn` (`own` only). Default: the transport's (4). */
   readsPerTurn?: number;
 }
 

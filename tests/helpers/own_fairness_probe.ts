@@ -5,7 +5,7 @@
  * how many sockets got nothing, and Jain's fairness index.
  *
  * ```sh
- * deno run -A tests/helpers/own_fairness_probe.ts --sockets 1000 --seconds 6 --reads-per-turn 16
+ * deno run -A tests/helpers/own_fairness_probe.ts --sockets 1000 --seconds 6 --reads-per-turn 4
  * deno run -A tests/helpers/own_fairness_probe.ts --sockets 1000 --seconds 6 --reads-per-turn 0
  * ```
  *
@@ -24,7 +24,7 @@ const { values } = parseArgs({
   options: {
     sockets: { type: "string", default: "1000" },
     seconds: { type: "string", default: "6" },
-    "reads-per-turn": { type: "string", default: "16" },
+    "reads-per-turn": { type: "string", default: "4" },
     client: { type: "string" },
     work: { type: "string", default: "0" },
   },

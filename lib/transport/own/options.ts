@@ -74,7 +74,7 @@ export interface ServeOptions {
 
   /** Size of each connection's read buffer. Default 4 KiB (memory per idle connection). */
   readBufferBytes?: number;
-  /** Reads started at once per event-loop turn, for fairness (0 = no limit). Default 16. */
+  /** Reads started at once per event-loop turn, for fairness (0 = no limit). Default 4. */
   readsPerTurn?: number;
   /** First wait after a failed `accept()`; it doubles up to `acceptBackoffMaxMs`. Default 10. */
   acceptBackoffMs?: number;
@@ -146,7 +146,7 @@ export function resolveOptions(o: ServeOptions): Settings {
     maxTargetBytes: o.maxTargetBytes ?? DEFAULT_PARSER_LIMITS.maxTargetBytes,
     maxBodyBytes: o.maxBodyBytes ?? DEFAULT_PARSER_LIMITS.maxBodyBytes,
     readBufferBytes: o.readBufferBytes ?? 4 * 1024,
-    readsPerTurn: o.readsPerTurn ?? 16,
+    readsPerTurn: o.readsPerTurn ?? 4,
     acceptBackoffMs: o.acceptBackoffMs ?? 10,
     acceptBackoffMaxMs: o.acceptBackoffMaxMs ?? 1000,
     logIntervalMs: o.logIntervalMs ?? 10_000,

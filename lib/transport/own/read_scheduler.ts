@@ -18,7 +18,7 @@ import { setImmediate } from "node:timers";
 
 /** Settings of {@link ReadScheduler}. */
 export interface ReadSchedulerOptions {
-  /** Reads started at once per turn before the rest queue (0 = no limit). Default 16. */
+  /** Reads started at once per turn before the rest queue (0 = no limit). Default 4. */
   readsPerTurn?: number;
   /** Runs `fn` on a later event-loop turn. Default `setImmediate(fn)`. */
   defer?: (fn: () => void) => void;
@@ -61,7 +61,7 @@ export class ReadScheduler {
 
   /** A scheduler with the given settings. */
   constructor(options: ReadSchedulerOptions = {}) {
-    this.#perTurn = options.readsPerTurn ?? 16;
+    this.#perTurn = options.readsPerTurn ?? 4;
     // setImmediate runs on the next turn, after the I/O it polled: a zero
     // setTimeout would wait for the timer's 1–2 ms tick instead.
     this.#defer = options.defer ?? ((fn) => setImmediate(fn));

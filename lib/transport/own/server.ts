@@ -47,11 +47,17 @@
  *   sockets each kept backlogged by a sender: plain `conn.read` loops read
  *   128 sockets and starved 872 for the whole run (Jain index 0.13, and only
  *   ~20–50 MB/s in all, the runtime spinning); setImmediate or setTimeout
- *   between reads did not help. Here at most `readsPerTurn` (16) reads start
- *   at once per event-loop turn and the rest queue FIFO for the next turns:
- *   in the same test every socket was read every second (Jain 0.98–1.0,
- *   ~100–120 MB/s). The cost is that beyond 16 reads a turn, reads wait
- *   their turn by one `setImmediate` hop; `readsPerTurn: 0` turns it off.
+ *   between reads did not help. Here at most `readsPerTurn` (4) reads and
+ *   writes start at once per event-loop turn and the rest queue FIFO for the
+ *   next turns: in the same test every socket was read every second (Jain
+ *   0.98–1.0, ~100–120 MB/s). Under the server's own load, 16 a turn still
+ *   left reads pending in the runtime for seconds once the process was
+ *   saturated (a read started on a socket with data waiting took up to 7 s
+ *   to complete; P=500 longest wait 3–6 s, Jain 0.42–0.86), while 8, 4 and 2
+ *   brought every wait under about 1 s at the same throughput (4: 0.4–1.0
+ *   s). The cost is that beyond 4 a turn, reads wait their turn by one
+ *   `setImmediate` hop;
+ *   `readsPerTurn: 0` turns it off.
  * - **TLS** goes through the same code (`Deno.listenTls`, ALPN http/1.1);
  *   the handshake counts against the header timeout.
  * - **Graceful shutdown** stops accepting, closes idle keep-alive
