@@ -235,3 +235,49 @@ Deno.test("read scheduler: waiters are served in order, a fixed number per turn"
     }),
   );
 });
+
+Deno.test("HTTP parser: header bytes 0x80–0xff come through as the same char codes", () => {
+  // obs-text (RFC 9110 §5.5): one char per byte, as Headers takes a ByteString;
+  // windows-1252 would turn 0x80 into U+20AC, which Headers refuses.
+  const value = [0x61, 0x80, 0x9f, 0xa0, 0xe9, 0xff];
+  const head = new Uint8Array([
+    ...encoder.encode("GET /caf\u0065 HTTP/1.1\r\nHost: x\r\nX-Name: "),
+    ...value,
+    ...encoder.encode("\r\n\r\n"),
+  ]);
+  const [r] = parseAll([head]);
+  assert.equal(r.kind, "head");
+  if (r.kind !== "head") return;
+  const got = r.head.headers.find(([n]) => n === "x-name")![1];
+  assert.deepEqual([...got].map((c) => c.charCodeAt(0)), value);
+  assert.equal(new Headers(r.head.headers).get("x-name"), got);
+  // A long value (past one fromCharCode batch) stays whole.
+  const long = "v".repeat(10_000);
+  const [big] = parseAll([encoder.encode(`GET / HTTP/1.1\r\nHost: x\r\nX-Long: ${long}\r\n\r\n`)]);
+  assert.equal(big.kind === "head" && big.head.headers[1][1], long);
+});
+
+Deno.test("frame batch: a written batch's buffer holds the next one; never while bytes are queued", () => {
+  const b = new FrameBatch();
+  // Frames no longer than the first fit its buffer.
+  b.text("first");
+  const one = b.take();
+  b.recycle(one);
+  b.text("again");
+  const two = b.take();
+  assert.equal(two.buffer, one.buffer, "the written buffer was used again");
+  assert.equal(new TextDecoder().decode(two.subarray(2)), "again");
+  // Appended while the write was in flight: those bytes have a buffer of
+  // their own, and the written one is not taken back over them.
+  b.text("third");
+  b.recycle(two);
+  const three = b.take();
+  assert.notEqual(three.buffer, two.buffer);
+  assert.equal(new TextDecoder().decode(three.subarray(2)), "third");
+  // A big batch's buffer is let go: an idle socket keeps at most a small one.
+  b.text("x".repeat(10_000));
+  const big = b.take();
+  b.recycle(big);
+  b.text("y");
+  assert.notEqual(b.take().buffer, big.buffer);
+});

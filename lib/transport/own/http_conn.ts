@@ -281,9 +281,8 @@ export class HttpConnection {
       return plainResponse(400, "unsupported request target form\n");
     }
     try {
-      const headers = new Headers();
-      for (const [n, v] of head.headers) headers.append(n, v);
-      return new Request(url, { method: head.method, headers });
+      // The list goes in as is: a Headers built first would be copied again.
+      return new Request(url, { method: head.method, headers: head.headers });
     } catch {
       return plainResponse(400, "malformed request\n");
     }

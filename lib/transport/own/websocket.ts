@@ -421,6 +421,7 @@ class Session {
           off += n;
           this.#inflight -= n;
         }
+        this.#batch.recycle(bytes);
       }
     } catch (e) {
       if (!this.#ended) {

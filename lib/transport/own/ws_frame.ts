@@ -485,6 +485,9 @@ export function closePayload(code?: number, reason = ""): Uint8Array<ArrayBuffer
  * assert.equal(b.byteLength, 0);
  * ```
  */
+/** The largest written batch buffer a {@link FrameBatch} keeps for the next one. */
+export const RETAINED_BATCH_BYTES = 4096;
+
 export class FrameBatch {
   #buf: Uint8Array<ArrayBuffer> = new Uint8Array(0);
   #len = 0;
@@ -538,6 +541,20 @@ export class FrameBatch {
     this.#buf.set(data, this.#len);
     this.#len += data.length;
     return data.length;
+  }
+
+  /**
+   * The bytes of the last {@link take} are written: their buffer holds the
+   * next batch if nothing was appended since and it is at most
+   * {@link RETAINED_BATCH_BYTES}. A socket that writes one batch at a time
+   * then allocates nothing per frame; an idle one keeps a small buffer.
+   */
+  recycle(written: Uint8Array<ArrayBuffer>): void {
+    if (
+      this.#len === 0 && this.#buf.length === 0 && written.buffer.byteLength <= RETAINED_BATCH_BYTES
+    ) {
+      this.#buf = new Uint8Array(written.buffer);
+    }
   }
 
   /** Hands out the bytes appended so far and starts afresh. */
