@@ -139,6 +139,8 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
     assert.equal(l.errors, 0);
     assert.ok(num(l, "connections_per_s") > 0);
     assert.ok(num(l, "total_s") >= num(l, "connect_s"));
+    assert.equal(l.runs, 1, "--quick: one storm");
+    assert.deepEqual(l.runs_total_s, [l.total_s]);
   }
   assert.ok(num(obj(storm, "vs_bound"), "connections_per_s") > 0);
 
@@ -498,4 +500,24 @@ Deno.test("bench fairness: Jain's index is 1 for equal shares and 1/n for one ta
   assert.equal(jain([8, 0, 0, 0]), 0.25);
   assert.equal(jain([]), 1);
   assert.ok(Math.abs(jain([1, 2, 3]) - 36 / 42) < 1e-12);
+});
+
+Deno.test("bench join storm: --join-runs 3 reports the median storm and every run's time", async () => {
+  const { lines } = await runBench([
+    "--quick",
+    "--only",
+    "join",
+    "--targets",
+    "server",
+    "--join-runs",
+    "3",
+  ]);
+  const [storm] = lines.filter((l) => l.bench === "join");
+  assert.equal(storm.runs, 3);
+  const times = storm.runs_total_s as number[];
+  assert.equal(times.length, 3);
+  assert.equal(storm.total_s, [...times].sort((a, b) => a - b)[1], "the median run");
+  assert.equal(num(storm, "stuns"), 80, "the median run's clients all got their stuns");
+  const [meta] = lines.filter((l) => l.bench === "meta");
+  assert.equal(meta.join_runs, 3);
 });
