@@ -89,6 +89,16 @@ interface StartOptions {
 const ROOT = new URL("../", import.meta.url);
 
 /**
+ * The `--v8-flags=…` of `deno task start` (deno.json), given to every Deno
+ * target: the benchmark runs the server as users start it, and the bare
+ * relays on the same runtime settings, so a ratio compares code, not flags.
+ */
+export const RUNTIME_FLAGS: readonly string[] = (() => {
+  const json = JSON.parse(Deno.readTextFileSync(new URL("deno.json", ROOT)));
+  return String(json.tasks.start).split(/\s+/).filter((f) => f.startsWith("--v8-flags="));
+})();
+
+/**
  * The flags that make the server measurable: no rate limit, no small caps
  * (the own transport's connection caps included: all the load comes from
  * 127.0.0.1, and its default of 256 per address refuses P=500 and the join
@@ -246,6 +256,7 @@ export async function startTarget(name: TargetName, options: StartOptions): Prom
     "--allow-net",
     "--allow-env",
     "--allow-read",
+    ...RUNTIME_FLAGS,
     ...denoFlags,
     ...options.denoFlags,
     script,

@@ -109,3 +109,14 @@ Deno.test("layout: ioredis is loaded only by the cluster's adapters", () => {
   const main = Deno.readTextFileSync(join(ROOT, "main.ts"));
   assert.doesNotMatch(main, /^import[^\n]*lib\/cluster\//m);
 });
+
+Deno.test("layout: deno task start, deno task compile and the Dockerfile run the same V8 flags", () => {
+  const tasks = JSON.parse(Deno.readTextFileSync(join(ROOT, "deno.json"))).tasks;
+  const v8 = (cmd: string) => cmd.split(/[\s",[\]]+/).filter((f) => f.startsWith("--v8-flags="));
+  const start = v8(tasks.start);
+  assert.deepEqual(start, ["--v8-flags=--max-semi-space-size=16"]);
+  assert.deepEqual(v8(tasks.compile), start, "deno task compile");
+  const cmd = Deno.readTextFileSync(join(ROOT, "Dockerfile")).split("\n")
+    .find((l) => l.startsWith("CMD "))!;
+  assert.deepEqual(v8(cmd), start, "the Dockerfile's CMD");
+});

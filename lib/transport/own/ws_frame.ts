@@ -463,6 +463,9 @@ export function closePayload(code?: number, reason = ""): Uint8Array<ArrayBuffer
   return out;
 }
 
+/** The largest written batch buffer a {@link FrameBatch} keeps for the next one. */
+export const RETAINED_BATCH_BYTES = 4096;
+
 /**
  * Server frames (unmasked, FIN set) appended into one growing buffer, handed
  * out whole by {@link take} for a single write. Text is UTF-8-encoded straight
@@ -485,9 +488,6 @@ export function closePayload(code?: number, reason = ""): Uint8Array<ArrayBuffer
  * assert.equal(b.byteLength, 0);
  * ```
  */
-/** The largest written batch buffer a {@link FrameBatch} keeps for the next one. */
-export const RETAINED_BATCH_BYTES = 4096;
-
 export class FrameBatch {
   #buf: Uint8Array<ArrayBuffer> = new Uint8Array(0);
   #len = 0;
