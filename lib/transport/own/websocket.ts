@@ -410,16 +410,21 @@ class Session {
     const conn = this.#io!.conn;
     try {
       while (this.#batch.byteLength > 0 && !this.#ended) {
+        // Writes take turns with reads: a write's completion spends the
+        // runtime's I/O budget too, and unlimited ones starved sockets. The
+        // batch is taken once the turn comes, so what was queued while
+        // waiting goes in the same write.
+        await this.#io!.reader.turn();
+        if (this.#ended) break;
         const bytes = this.#batch.take();
         this.#inflight = bytes.length;
         let off = 0;
-        while (off < bytes.length) {
-          // Writes take turns with reads: a write's completion spends the
-          // runtime's I/O budget too, and unlimited ones starved sockets.
-          await this.#io!.reader.turn();
+        for (;;) {
           const n = await conn.write(bytes.subarray(off));
           off += n;
           this.#inflight -= n;
+          if (off >= bytes.length) break;
+          await this.#io!.reader.turn();
         }
         this.#batch.recycle(bytes);
       }
