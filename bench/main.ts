@@ -111,7 +111,9 @@ bare relay on the other transport candidates
   --idle-room-size K    idle room size (default 10)
   --settle S            seconds idle before memory is read (default 2)
   --concurrency N       WebSocket handshakes in flight at once (default 256)
-  --gen-workers N       generator Worker threads (default 1; more only helps with spare cores)
+  --gen-workers N       generator Worker threads (default: relays one per 256 sockets, since
+                        Deno's WebSocket client leaves sockets unread beyond ~256 backlogged
+                        ones per isolate; join storm and idle 1)
   --server-cpus LIST    taskset CPUs for the target and the cluster's instances (default 0
                         on a machine with 2+ CPUs)
   --workers N           worker isolates of bound-workers (default: the CPUs in --server-cpus,
@@ -186,7 +188,8 @@ interface Settings {
   idleRoomSize: number;
   settle: number;
   concurrency: number;
-  genWorkers: number;
+  /** Generator threads; undefined: {@link relayGenWorkers} for relays, 1 otherwise. */
+  genWorkers: number | undefined;
   serverCpus: string;
   genCpus: string;
   /** Worker isolates of `bound-workers` (undefined: one per CPU given to the target). */
@@ -281,7 +284,9 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
     idleRoomSize: int(values["idle-room-size"], q ? 5 : 10, "idle-room-size"),
     settle: num(values.settle, q ? 0.3 : 2, "settle"),
     concurrency: int(values.concurrency, 256, "concurrency"),
-    genWorkers: int(values["gen-workers"], 1, "gen-workers"),
+    genWorkers: values["gen-workers"] === undefined
+      ? undefined
+      : int(values["gen-workers"], 1, "gen-workers"),
     serverCpus: values["server-cpus"] ?? (pin ? "0" : ""),
     workers: values.workers === undefined ? (q ? 2 : undefined) : int(values.workers, 1, "workers"),
     genCpus: values["gen-cpus"] ?? (pin ? (cpus === 2 ? "1" : `1-${cpus - 1}`) : ""),
@@ -453,9 +458,25 @@ interface RelayFigures {
   workers: number;
 }
 
+/** Sockets one generator isolate reads in a relay run, at most (see {@link relayGenWorkers}). */
+const SOCKETS_PER_GEN_WORKER = 256;
+
+/**
+ * Generator threads for a relay of `pairs` pairs: `--gen-workers`, or one
+ * per {@link SOCKETS_PER_GEN_WORKER} sockets. The generator is Deno's own
+ * WebSocket client, and one isolate with more backlogged sockets than that
+ * leaves some unread for seconds (docs/performance.md): with 1,000 sockets
+ * in one isolate the generator itself added up to ~1 s to the longest wait
+ * at P=500 (server: 0.69–1.56 s with one thread, 0.84–1.47 s with two,
+ * 0.43–0.47 s with four, same server).
+ */
+function relayGenWorkers(s: Settings, pairs: number): number {
+  return Math.min(pairs, s.genWorkers ?? Math.ceil((2 * pairs) / SOCKETS_PER_GEN_WORKER));
+}
+
 /** Runs the relay workload with `pairs` pairs at `spot` and measures one window. */
 async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promise<RelayFigures> {
-  const workers = Math.min(s.genWorkers, pairs);
+  const workers = relayGenWorkers(s, pairs);
   const ywebrtc = spot.protocol === "ywebrtc";
   const peerjs = spot.protocol === "peerjs";
   const specs: ShardSpec[] = split(pairs, workers).map(([first, count]): ShardSpec => {
@@ -474,7 +495,7 @@ async function measureRelay(s: Settings, spot: RelaySpot, pairs: number): Promis
       ? { type: "yrelay", params }
       : { type: "relay", params: { ...params, partnerUrl: spot.partnerUrl } satisfies RelayParams };
   });
-  const hs = await shards(specs, s.genWorkers);
+  const hs = await shards(specs, workers);
   try {
     await all(hs, "setup");
     await all(hs, "start");
@@ -711,7 +732,7 @@ async function joinRun(
       `${clients} clients need more open files than this process may have (${limit}); raise ulimit -n`,
     );
   }
-  const workers = Math.min(s.genWorkers, clients);
+  const workers = Math.min(s.genWorkers ?? 1, clients);
   const specs: ShardSpec[] = split(clients, workers).map(([first, count]) => ({
     type: "join",
     params: {
@@ -727,7 +748,7 @@ async function joinRun(
       timeoutMs: 180_000,
     } satisfies JoinParams,
   }));
-  const hs = await shards(specs, s.genWorkers);
+  const hs = await shards(specs, workers);
   const t0 = clock();
   try {
     return { hs, t0, results: await all(hs, "run") };
@@ -1017,7 +1038,7 @@ async function bench(s: Settings): Promise<void> {
       server_cpus: s.serverCpus || null,
       server_flags: s.url === undefined ? [...SERVER_FLAGS, ...s.serverFlags] : null,
       gen_cpus: s.genCpus || null,
-      gen_workers: s.genWorkers,
+      gen_workers: s.genWorkers ?? "auto",
       join_runs: s.joinRuns,
       open_files: openFileLimit() ?? null,
       loadavg: Deno.loadavg(),
@@ -1030,7 +1051,7 @@ async function bench(s: Settings): Promise<void> {
     },
     `bench: ${onlineCpus()} CPUs, target on [${s.serverCpus || "any"}], generator on [${
       s.genCpus || "any"
-    }] with ${s.genWorkers} thread(s), open files ${openFileLimit()}, load ${
+    }] with ${s.genWorkers ?? "auto"} thread(s), open files ${openFileLimit()}, load ${
       Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
     }`,
   );
