@@ -521,3 +521,17 @@ Deno.test("bench join storm: --join-runs 3 reports the median storm and every ru
   const [meta] = lines.filter((l) => l.bench === "meta");
   assert.equal(meta.join_runs, 3);
 });
+
+Deno.test("bench relay: one generator thread per 256 sockets unless --gen-workers says otherwise", async () => {
+  const args = ["--quick", "--only", "relay", "--targets", "bound", "--pairs", "2,200"];
+  const auto = (await runBench(args)).lines.filter((l) => l.bench === "relay");
+  // 2 pairs are 4 sockets: one thread; 200 pairs are 400 sockets: two.
+  assert.deepEqual(auto.map((l) => [l.pairs, l.gen_workers]), [[2, 1], [200, 2]]);
+  for (const l of auto) assert.equal(l.errors, 0);
+  const meta = (await runBench([...args, "--gen-workers", "1"])).lines;
+  assert.deepEqual(
+    meta.filter((l) => l.bench === "relay").map((l) => l.gen_workers),
+    [1, 1],
+    "--gen-workers 1 holds for every size",
+  );
+});
