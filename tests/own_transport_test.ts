@@ -9,6 +9,8 @@
  */
 
 import assert from "node:assert/strict";
+import { ConnReader } from "../lib/transport/own/conn_reader.ts";
+import { ReadScheduler } from "../lib/transport/own/read_scheduler.ts";
 import { serve } from "../lib/transport/own/server.ts";
 import { RawConn, RawWs, withTimeout } from "./helpers/own_raw.ts";
 import { eventually, startOwn } from "./helpers/own_server.ts";
@@ -508,5 +510,52 @@ Deno.test("shutdown: stops accepting, lets a request finish, cuts sockets left a
     ws.close();
     busy.close();
     idle.close();
+  }
+});
+
+Deno.test("read buffers: an ended connection's buffer serves the next, never while a read is in flight", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const scheduler = new ReadScheduler({ readsPerTurn: 0 });
+  // A buffer size of its own, so buffers released by other tests never mix in.
+  const SIZE = 4099;
+  const pair = async () => {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port });
+    const server = await listener.accept();
+    return { client, server };
+  };
+  const a = await pair();
+  const b = await pair();
+  const c = await pair();
+  try {
+    const ra = new ConnReader(a.server, SIZE, scheduler);
+    await a.client.write(new TextEncoder().encode("secret bytes of a"));
+    const first = await ra.read();
+    assert.equal(new TextDecoder().decode(first!), "secret bytes of a");
+    ra.release();
+    assert.equal(await ra.read(), null, "a released reader reads nothing");
+
+    // The next reader takes a's buffer, and shows only what it read itself.
+    const rb = new ConnReader(b.server, SIZE, scheduler);
+    await b.client.write(new TextEncoder().encode("b"));
+    const got = await rb.read();
+    assert.equal(got!.buffer, first!.buffer, "a's buffer was used again");
+    assert.equal(new TextDecoder().decode(got!), "b");
+
+    // A read in flight keeps its buffer: release does nothing.
+    const pending = rb.read();
+    rb.release();
+    const rc = new ConnReader(c.server, SIZE, scheduler);
+    await c.client.write(new TextEncoder().encode("c"));
+    const gotC = await rc.read();
+    assert.notEqual(gotC!.buffer, got!.buffer, "the buffer under a pending read is not handed out");
+    await b.client.write(new TextEncoder().encode("late"));
+    assert.equal(new TextDecoder().decode((await pending)!), "late");
+  } finally {
+    for (const p of [a, b, c]) {
+      p.client.close();
+      p.server.close();
+    }
+    listener.close();
   }
 });

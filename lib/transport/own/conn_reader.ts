@@ -8,6 +8,16 @@
 import type { ReadScheduler } from "./read_scheduler.ts";
 
 /**
+ * Read buffers of connections that ended, for the next ones: a storm of new
+ * connections after others left allocates (and zeroes) no buffer, and the
+ * garbage collector has less to do. At most {@link MAX_SPARE_BUFFERS}.
+ */
+const spare: Uint8Array<ArrayBuffer>[] = [];
+
+/** Buffers kept in {@link spare} at most (4 MiB of 4 KiB buffers). */
+const MAX_SPARE_BUFFERS = 1024;
+
+/**
  * A connection's reader. Each {@link read} returns a view of the same buffer,
  * valid until the next call: the connection's memory for input stays fixed
  * however fast the peer sends.
@@ -17,12 +27,26 @@ export class ConnReader {
   readonly #buf: Uint8Array<ArrayBuffer>;
   readonly #scheduler: ReadScheduler;
   #error: unknown;
+  #reading = false;
+  #released = false;
 
-  /** A reader of `conn` with a buffer of `size` bytes. */
+  /** A reader of `conn` with a buffer of `size` bytes (a released one when there is one). */
   constructor(conn: Deno.Conn, size: number, scheduler: ReadScheduler) {
     this.#conn = conn;
-    this.#buf = new Uint8Array(size);
+    const top = spare[spare.length - 1];
+    this.#buf = top !== undefined && top.length === size ? spare.pop()! : new Uint8Array(size);
     this.#scheduler = scheduler;
+  }
+
+  /**
+   * The connection is done: its buffer goes to the next connection, unless
+   * a read is still in flight (the runtime may yet write into it). Reads
+   * after this return null.
+   */
+  release(): void {
+    if (this.#reading || this.#released) return;
+    this.#released = true;
+    if (spare.length < MAX_SPARE_BUFFERS) spare.push(this.#buf);
   }
 
   /** The error that ended reading, if it ended with one (not set at a clean end). */
@@ -42,12 +66,18 @@ export class ConnReader {
     if (!this.#scheduler.acquire()) {
       await new Promise<void>((resolve) => this.#scheduler.wait(resolve));
     }
+    if (this.#released) return null;
+    this.#reading = true;
     try {
+      // Only the bytes this read wrote are handed out: a buffer that served
+      // another connection never shows what it held.
       const n = await this.#conn.read(this.#buf);
       return n === null ? null : this.#buf.subarray(0, n);
     } catch (e) {
       this.#error = e;
       return null;
+    } finally {
+      this.#reading = false;
     }
   }
 }

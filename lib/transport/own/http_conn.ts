@@ -117,6 +117,7 @@ export class HttpConnection {
     } finally {
       this.cut();
       this.#env.admission.release(this.#address);
+      this.#reader.release();
     }
   }
 

@@ -20,6 +20,25 @@ export interface RequestOrigin {
   socket?: OwnWebSocket;
 }
 
+/**
+ * The 101 answer. `Response` refuses 101 in its constructor; this one is only
+ * ever read by the transport and by the application, so its class says 101
+ * (a getter on the class, not a property defined on each object).
+ */
+class SwitchingProtocols extends Response {
+  constructor(headers: [string, string][]) {
+    super(null, { status: 200, headers });
+  }
+
+  override get status(): number {
+    return 101;
+  }
+
+  override get statusText(): string {
+    return "Switching Protocols";
+  }
+}
+
 const origins = new WeakMap<Request, RequestOrigin>();
 const upgrades = new WeakMap<Response, { request: Request; socket: OwnWebSocket }>();
 
@@ -88,15 +107,9 @@ export function upgradeWebSocket(request: Request, options: SocketOptions = {}):
     throw new TypeError("the protocol was not offered by the client");
   }
   const socket = new OwnWebSocket({ ...origin.socketDefaults, ...options });
-  const response = new Response(null, { status: 200 });
-  // Response refuses 101 in its constructor; this one is only ever read by
-  // the transport and by the application, so its status is overridden.
-  Object.defineProperty(response, "status", { value: 101 });
-  Object.defineProperty(response, "statusText", { value: "Switching Protocols" });
-  response.headers.set("sec-websocket-accept", acceptKey(check.key));
-  if (options.protocol !== undefined) {
-    response.headers.set("sec-websocket-protocol", options.protocol);
-  }
+  const headers: [string, string][] = [["sec-websocket-accept", acceptKey(check.key)]];
+  if (options.protocol !== undefined) headers.push(["sec-websocket-protocol", options.protocol]);
+  const response = new SwitchingProtocols(headers);
   upgrades.set(response, { request, socket });
   origin.socket = socket;
   return { socket, response };

@@ -463,6 +463,9 @@ export function closePayload(code?: number, reason = ""): Uint8Array<ArrayBuffer
   return out;
 }
 
+/** The empty buffer of a batch holding nothing (one for all: nothing is ever written into it). */
+const NO_BYTES: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
 /** The largest written batch buffer a {@link FrameBatch} keeps for the next one. */
 export const RETAINED_BATCH_BYTES = 4096;
 
@@ -489,7 +492,7 @@ export const RETAINED_BATCH_BYTES = 4096;
  * ```
  */
 export class FrameBatch {
-  #buf: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+  #buf: Uint8Array<ArrayBuffer> = NO_BYTES;
   #len = 0;
 
   /** Bytes appended and not yet taken. */
@@ -561,14 +564,14 @@ export class FrameBatch {
   take(): Uint8Array<ArrayBuffer> {
     const out = this.#buf.subarray(0, this.#len);
     // The taken bytes belong to the caller until written: never reuse them.
-    this.#buf = new Uint8Array(0);
+    this.#buf = NO_BYTES;
     this.#len = 0;
     return out;
   }
 
   /** Forgets everything appended (the connection was cut). */
   clear(): void {
-    this.#buf = new Uint8Array(0);
+    this.#buf = NO_BYTES;
     this.#len = 0;
   }
 
