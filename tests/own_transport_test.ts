@@ -559,3 +559,21 @@ Deno.test("read buffers: an ended connection's buffer serves the next, never whi
     listener.close();
   }
 });
+
+Deno.test("an open WebSocket holds none of its handshake: request and 101 response are freed", async () => {
+  const probe = new URL("./helpers/own_retention_probe.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--v8-flags=--expose-gc", probe, "200"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, stderr);
+  const r = JSON.parse(new TextDecoder().decode(out.stdout).trim());
+  assert.equal(r.handshakeObjects, 400);
+  // A suspended async frame keeps its locals: before the fix none was freed
+  // and each connection held ~6.5 KB more of heap for its whole life.
+  assert.equal(r.freed, r.handshakeObjects, JSON.stringify(r));
+});

@@ -79,6 +79,8 @@ export class HttpConnection {
   #phase: Phase = "head";
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  /** The WebSocket session, once the connection was upgraded; settles when it ends. */
+  #session: Promise<void> | undefined;
   /** No byte of a next request has arrived (a shutdown may close the connection now). */
   #quiet = true;
 
@@ -112,6 +114,11 @@ export class HttpConnection {
   async #run(): Promise<void> {
     try {
       await this.#serve();
+      // An upgraded connection runs on here, in a frame that holds none of
+      // the handshake (request, response, parser): a suspended async
+      // function keeps every local alive, and each connection's handshake
+      // objects would live as long as it does.
+      if (this.#session !== undefined) await this.#session;
     } catch (e) {
       this.#env.log.error("connection failed: {error}", { error: describeError(e) });
     } finally {
@@ -230,7 +237,7 @@ export class HttpConnection {
     }
     const socket = upgradeFor(request, response);
     if (socket !== undefined) {
-      await this.#upgrade(socket, response, parser.takeRest());
+      this.#session = this.#upgrade(socket, response, parser.takeRest());
       return false;
     }
     if (origin.socket !== undefined) abandonSession(origin.socket);
@@ -320,7 +327,8 @@ export class HttpConnection {
     }
   }
 
-  async #upgrade(
+  /** Starts the WebSocket session; the promise settles when it ends. */
+  #upgrade(
     socket: Parameters<typeof runSession>[0],
     response: Response,
     rest: Uint8Array,
@@ -334,15 +342,16 @@ export class HttpConnection {
     });
     this.#phase = "websocket";
     this.#disarm();
-    await runSession(socket, {
+    return runSession(socket, {
       conn: this.#conn,
       reader: this.#reader,
       rest,
       head,
       counters: this.#env.counters,
       log: this.#env.log,
+    }).finally(() => {
+      this.#closed = true;
     });
-    this.#closed = true;
   }
 
   /** Writes `response`; returns false when the connection broke meanwhile. */
