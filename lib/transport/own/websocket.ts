@@ -140,6 +140,9 @@ function session(socket: OwnWebSocket): Session {
   return s;
 }
 
+/** What a session leaves in `SessionIo.head` and `.rest` once it used them. */
+const USED = new Uint8Array(0);
+
 /** What a session needs from the connection it takes over. */
 export interface SessionIo {
   /** The connection; the session closes it. */
@@ -261,6 +264,9 @@ class Session {
     io.counters.wsOpened++;
     this.#lastInput = performance.now();
     this.#batch.raw(io.head);
+    let chunk: Uint8Array | null = io.rest;
+    // Both are used once: the session keeps `io` for its whole life.
+    io.head = io.rest = USED;
     if (this.#earlyClose !== undefined) {
       this.#sendClose(this.#earlyClose.code, this.#earlyClose.reason);
     } else {
@@ -270,7 +276,6 @@ class Session {
     }
     if (this.#idleMs > 0) this.#armIdle(this.#idleMs);
     const decoder = new WsDecoder({ maxMessageBytes: this.#maxMessage });
-    let chunk: Uint8Array | null = io.rest;
     let dropped = 0;
     while (!this.#ended) {
       if (chunk.length > 0) {
