@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { ERROR_CODES as DIVA_CODES } from "../lib/diva/codec.ts";
+import { ERROR_CODES as PEERJS_CODES } from "../lib/peerjs/codec.ts";
 import { ERROR_CODES as YWEBRTC_CODES } from "../lib/ywebrtc/codec.ts";
 import {
   COLOURS,
@@ -178,6 +179,14 @@ Deno.test("error kinds: every code of every engine has one", () => {
     "topic-limit": "limits",
     "topic-full": "limits",
     "forbidden": "refused",
+    "too-large": "malformed",
+    "rate-limited": "limits",
+  });
+  assert.deepEqual(kinds(PEERJS_CODES), {
+    "bad-json": "malformed",
+    "bad-frame": "malformed",
+    "unknown-type": "malformed",
+    "bad-dst": "malformed",
     "too-large": "malformed",
     "rate-limited": "limits",
   });

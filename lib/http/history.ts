@@ -227,6 +227,7 @@ const MALFORMED = new Set([
   "unknown-type",
   "bad-args",
   "bad-topic",
+  "bad-dst",
   "too-large",
 ]);
 
