@@ -6,10 +6,11 @@
  * not connected (the offline queue) until it connects or they expire.
  *
  * {@link MemoryDirectory} does that for one instance; in cluster mode the
- * cluster directory (`lib/cluster/peers.ts`, over Redis in `lib/cluster/redis_peers.ts`) implements the same interface
- * without touching the engine: every answer that may need a round trip comes
- * back through {@link DirectoryHooks}, connections cross the seam as numbers,
- * and the engine copes with a claim answered later (frames wait meanwhile).
+ * cluster directory (`lib/cluster/peers.ts`, over Redis in
+ * `lib/cluster/redis_peers.ts`) implements the same interface without
+ * touching the engine: every answer that may need a round trip comes back
+ * through {@link DirectoryHooks}, connections cross the seam as numbers, and
+ * the engine copes with a claim answered later (frames wait meanwhile).
  * What a cluster directory must guarantee:
  * - an id is held by at most one connection in the whole cluster (a claim
  *   is atomic there: `SET key:id → instance/conn/token` if absent, or if
