@@ -141,6 +141,7 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
     assert.ok(num(l, "total_s") >= num(l, "connect_s"));
     assert.equal(l.runs, 1, "--quick: one storm");
     assert.deepEqual(l.runs_total_s, [l.total_s]);
+    assert.equal(l.interleaved, true, "bound and server storms take turns, both running");
   }
   assert.ok(num(obj(storm, "vs_bound"), "connections_per_s") > 0);
 
@@ -513,6 +514,7 @@ Deno.test("bench join storm: --join-runs 3 reports the median storm and every ru
     "3",
   ]);
   const [storm] = lines.filter((l) => l.bench === "join");
+  assert.equal(storm.interleaved, undefined, "one target: nothing to interleave");
   assert.equal(storm.runs, 3);
   const times = storm.runs_total_s as number[];
   assert.equal(times.length, 3);
