@@ -62,23 +62,26 @@ export class ConnReader {
   }
 
   /** The next bytes, or null at the end of the stream or on any error (see {@link error}). */
-  async read(): Promise<Uint8Array | null> {
-    if (!this.#scheduler.acquire()) {
-      await new Promise<void>((resolve) => this.#scheduler.wait(resolve));
-    }
-    if (this.#released) return null;
+  read(): Promise<Uint8Array | null> {
+    // Plain promises, not an async function: a connection waits in a read
+    // for most of its life, and an async frame is one more object it keeps.
+    if (this.#scheduler.acquire()) return this.#readNow();
+    return new Promise((resolve) => this.#scheduler.wait(() => resolve(this.#readNow())));
+  }
+
+  #readNow(): Promise<Uint8Array | null> {
+    if (this.#released) return Promise.resolve(null);
     this.#reading = true;
-    try {
-      // Only the bytes this read wrote are handed out: a buffer that served
-      // another connection never shows what it held.
-      const n = await this.#conn.read(this.#buf);
+    // Only the bytes this read wrote are handed out: a buffer that served
+    // another connection never shows what it held.
+    return this.#conn.read(this.#buf).then((n) => {
+      this.#reading = false;
       return n === null ? null : this.#buf.subarray(0, n);
-    } catch (e) {
+    }, (e: unknown) => {
+      this.#reading = false;
       this.#error = e;
       return null;
-    } finally {
-      this.#reading = false;
-    }
+    });
   }
 }
 

@@ -113,14 +113,18 @@ export class WsDecoder {
   readonly #max: number;
   readonly #requireMask: boolean;
   #state = State.Header;
-  readonly #head = new Uint8Array(14);
+  // The frame head, the mask and a control frame's payload share one
+  // buffer: every connection has a decoder, and each buffer of its own
+  // would be one more object for the garbage collector to copy.
+  readonly #scratch = new Uint8Array(14 + 4 + 125);
+  readonly #head = this.#scratch.subarray(0, 14);
   #headLen = 0;
   // Current frame.
   #fin = false;
   #opcode = 0;
   #remaining = 0;
   #masked = false;
-  readonly #mask = new Uint8Array(4);
+  readonly #mask = this.#scratch.subarray(14, 18);
   #maskPhase = 0;
   // Current data message (possibly fragmented).
   #msgOpcode = 0;
@@ -129,7 +133,7 @@ export class WsDecoder {
   #textDecoder: TextDecoder | undefined;
   #parts: Uint8Array[] = [];
   // Current control frame's payload (at most 125 bytes).
-  readonly #ctrl = new Uint8Array(125);
+  readonly #ctrl = this.#scratch.subarray(18);
   #ctrlLen = 0;
 
   /** A decoder with the given limits. */
