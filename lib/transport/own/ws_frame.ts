@@ -557,9 +557,7 @@ export class FrameBatch {
    * then allocates nothing per frame; an idle one keeps a small buffer.
    */
   recycle(written: Uint8Array<ArrayBuffer>): void {
-    if (
-      this.#len === 0 && this.#buf.length === 0 && written.buffer.byteLength <= RETAINED_BATCH_BYTES
-    ) {
+    if (this.#buf === NO_BYTES && written.buffer.byteLength <= RETAINED_BATCH_BYTES) {
       this.#buf = new Uint8Array(written.buffer);
     }
   }
