@@ -74,7 +74,7 @@ export interface ServeOptions {
 
   /** Size of each connection's read buffer. Default 4 KiB (memory per idle connection). */
   readBufferBytes?: number;
-  /** Reads started at once per event-loop turn, for fairness (0 = no limit). Default 4. */
+  /** Reads and writes started per event-loop turn, for fairness (0 = no limit). Default 4. */
   readsPerTurn?: number;
   /** First wait after a failed `accept()`; it doubles up to `acceptBackoffMaxMs`. Default 10. */
   acceptBackoffMs?: number;

@@ -18,7 +18,7 @@ import { setImmediate } from "node:timers";
 
 /** Settings of {@link ReadScheduler}. */
 export interface ReadSchedulerOptions {
-  /** Reads started at once per turn before the rest queue (0 = no limit). Default 4. */
+  /** Reads (and writes) started per turn before the rest queue (0 = no limit). Default 4. */
   readsPerTurn?: number;
   /** Runs `fn` on a later event-loop turn. Default `setImmediate(fn)`. */
   defer?: (fn: () => void) => void;
