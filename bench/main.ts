@@ -124,7 +124,8 @@ bare relay on the other transport candidates
   --url URL             measure a running server instead of starting one
   --server-pid PID      its process id, for memory and CPU figures
   --server-flags "…"    extra flags for the started server (e.g. "--idle-timeout 0")
-  --profile DIR         run the server with --cpu-prof into DIR (see bench/profile_summary.ts)
+  --profile DIR         run each Deno target with --cpu-prof into DIR/<target>
+                        (see bench/profile_summary.ts)
   --quick               tiny sizes (pairs 2,4; cluster and y-webrtc pairs 2; window 2; 1 s;
                         20 clients)
   --help                this text`;
@@ -941,7 +942,9 @@ async function cluster(s: Settings, runNonce: string, singles: Map<number, Line>
   const redis = await startRedis(s.genCpus);
   const instances: Target[] = [];
   try {
-    const denoFlags = s.profile !== undefined ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}`] : [];
+    const denoFlags = s.profile !== undefined
+      ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}/cluster`]
+      : [];
     for (let i = 0; i < INSTANCES; i++) {
       instances.push(
         await startTarget("server", {
@@ -1047,8 +1050,10 @@ async function withTarget<T>(
     if (peerReference === undefined) throw new Error("the PeerJS reference was not prepared");
     target = { ...await startReference(peerReference, s.serverCpus), name };
   } else {
-    const denoFlags = name === "server" && s.profile !== undefined
-      ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}`]
+    // Each Deno target profiles into its own directory, so runs of several
+    // targets at once (the join storms take turns) stay apart.
+    const denoFlags = s.profile !== undefined
+      ? ["--cpu-prof", `--cpu-prof-dir=${s.profile}/${name}`]
       : [];
     const extra = name === "server" ? s.serverFlags : [];
     target = await startTarget(name, {

@@ -5,7 +5,7 @@
  *
  * ```sh
  * deno task bench --only relay --pairs 50 --targets server --profile /tmp/prof
- * deno run --allow-read bench/profile_summary.ts /tmp/prof/*.cpuprofile
+ * deno run --allow-read bench/profile_summary.ts /tmp/prof/server/*.cpuprofile
  * ```
  *
  * @module
