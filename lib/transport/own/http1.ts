@@ -124,11 +124,20 @@ export function hasToken(value: string | null, token: string): boolean {
   return false;
 }
 
+/** What an emptied parser holds: no allocation per connection or per head. */
+const NO_BYTES = new Uint8Array(0);
+
+/** Room of the parser's own buffer when bytes must be kept across reads. */
+const OWN_BUFFER_BYTES = 4096;
+
 /**
- * Parses requests from a byte stream, one head at a time. Bytes are copied in,
- * so the caller may reuse its read buffer. At most one head (plus one read's
- * worth of pipelined bytes) is held: the caller stops reading while it serves
- * a request.
+ * Parses requests from a byte stream, one head at a time. The caller may
+ * reuse its read buffer: a pushed chunk is parsed where it lies, and only
+ * bytes still unparsed when {@link RequestParser.next} returns (a head split
+ * across reads, pipelined requests) are copied into the parser's own buffer.
+ * A head that arrives in one read, the usual case, is never copied. At most
+ * one head (plus one read's worth of pipelined bytes) is held: the caller
+ * stops reading while it serves a request.
  *
  * @example Errors carry the status to answer
  * ```ts
@@ -150,7 +159,10 @@ export function hasToken(value: string | null, token: string): boolean {
  */
 export class RequestParser {
   readonly #limits: Required<ParserLimits>;
-  #buf = new Uint8Array(4096);
+  /** The bytes being parsed: the caller's chunk (borrowed) or the parser's own buffer. */
+  #buf: Uint8Array = NO_BYTES;
+  /** `#buf` is the caller's chunk, valid only until `next()` returns. */
+  #borrowed = false;
   #start = 0;
   #end = 0;
   /** Where the search for the blank line resumes. */
@@ -185,6 +197,15 @@ export class RequestParser {
       chunk = chunk.subarray(n);
       if (chunk.length === 0) return;
     }
+    if (this.#end === this.#start) {
+      // Nothing held: parse the chunk where it lies.
+      this.#buf = chunk;
+      this.#borrowed = true;
+      this.#start = this.#scan = 0;
+      this.#end = chunk.length;
+      return;
+    }
+    if (this.#borrowed) this.#keep();
     const need = this.#end + chunk.length;
     if (need > this.#buf.length) {
       const live = this.#end - this.#start;
@@ -208,15 +229,23 @@ export class RequestParser {
    * switches protocols) and empties the parser.
    */
   takeRest(): Uint8Array {
-    const out = this.#buf.slice(this.#start, this.#end);
+    const out = this.#end > this.#start ? this.#buf.slice(this.#start, this.#end) : NO_BYTES;
     this.#start = this.#end = this.#scan = 0;
     // The connection speaks another protocol now: free the head buffer.
-    this.#buf = new Uint8Array(0);
+    this.#buf = NO_BYTES;
+    this.#borrowed = false;
     return out;
   }
 
   /** The next request head, "more" while incomplete, or the error to answer. */
   next(): ParseResult {
+    const r = this.#next();
+    // The caller reads into its chunk again once this returns: keep what is left.
+    if (this.#borrowed) this.#keep();
+    return r;
+  }
+
+  #next(): ParseResult {
     if (this.#failed) return { kind: "more" };
     if (this.#pending !== undefined) {
       this.#discard();
@@ -234,7 +263,24 @@ export class RequestParser {
     if (r.head.contentLength === 0) return r;
     this.#pending = r.head;
     this.#skip = r.head.contentLength;
-    return this.next();
+    return this.#next();
+  }
+
+  /** Stops borrowing: the unparsed bytes move into the parser's own buffer. */
+  #keep(): void {
+    this.#borrowed = false;
+    const live = this.#end - this.#start;
+    if (live === 0) {
+      this.#buf = NO_BYTES;
+      this.#start = this.#end = this.#scan = 0;
+      return;
+    }
+    const own = new Uint8Array(Math.max(OWN_BUFFER_BYTES, live));
+    own.set(this.#buf.subarray(this.#start, this.#end));
+    this.#buf = own;
+    this.#scan -= this.#start;
+    this.#start = 0;
+    this.#end = live;
   }
 
   #discard(): void {
@@ -254,8 +300,8 @@ export class RequestParser {
     const end = this.#findBlankLine();
     if (end < 0) {
       const held = this.#end - this.#start;
-      const lineEnd = b.subarray(this.#start, this.#end).indexOf(LF);
-      if (lineEnd < 0 && held > this.#limits.maxTargetBytes + 32) {
+      const lf = b.indexOf(LF, this.#start);
+      if ((lf < 0 || lf >= this.#end) && held > this.#limits.maxTargetBytes + 32) {
         return error(414, "request line too long");
       }
       if (held > this.#limits.maxHeadBytes) return error(431, "request head too large");
@@ -264,7 +310,7 @@ export class RequestParser {
     if (end + 4 - this.#start > this.#limits.maxHeadBytes) {
       return error(431, "request head too large");
     }
-    const r = parseHeadBytes(b.subarray(this.#start, end), this.#limits);
+    const r = parseHead(byteString(b.subarray(this.#start, end)), this.#limits);
     this.#start = end + 4;
     this.#scan = this.#start;
     return r;
@@ -300,67 +346,76 @@ function byteString(bytes: Uint8Array): string {
   return s;
 }
 
-/** Parses a head without its final CRLFCRLF. */
-function parseHeadBytes(bytes: Uint8Array, limits: Required<ParserLimits>): ParseResult {
-  const lines: Uint8Array[] = [];
-  let from = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    if (bytes[i] === LF) {
+/**
+ * Parses a head without its final CRLFCRLF, as a byte string: one string for
+ * the whole head, and each field a slice of it (slicing a string allocates
+ * less than a view per line and a string per view).
+ */
+function parseHead(text: string, limits: Required<ParserLimits>): ParseResult {
+  let lines = 1;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === LF) {
       // A bare LF is refused: RFC 9112 §2.2 allows it, and refusing it
       // closes a door to request smuggling through lenient proxies.
-      if (i === 0 || bytes[i - 1] !== CR) return error(400, "bare LF in the head");
-      lines.push(bytes.subarray(from, i - 1));
-      from = i + 1;
-    } else if (bytes[i] === CR && i + 1 < bytes.length && bytes[i + 1] !== LF) {
+      if (i === 0 || text.charCodeAt(i - 1) !== CR) return error(400, "bare LF in the head");
+      lines++;
+    } else if (c === CR && i + 1 < text.length && text.charCodeAt(i + 1) !== LF) {
       return error(400, "bare CR in the head");
     }
   }
-  lines.push(bytes.subarray(from));
-  if (lines.length - 1 > limits.maxHeaderLines) return error(431, "too many header lines");
+  if (lines - 1 > limits.maxHeaderLines) return error(431, "too many header lines");
 
-  const line = lines[0];
-  const sp1 = line.indexOf(0x20);
-  const sp2 = sp1 < 0 ? -1 : line.indexOf(0x20, sp1 + 1);
-  if (sp1 <= 0 || sp2 < 0 || line.indexOf(0x20, sp2 + 1) >= 0) {
+  let lineEnd = text.indexOf("\r\n");
+  if (lineEnd < 0) lineEnd = text.length;
+  const sp1 = text.indexOf(" ");
+  const sp2 = sp1 < 0 || sp1 >= lineEnd ? -1 : text.indexOf(" ", sp1 + 1);
+  if (sp1 <= 0 || sp1 >= lineEnd || sp2 < 0 || sp2 >= lineEnd) {
     return error(400, "malformed request line");
   }
+  const sp3 = text.indexOf(" ", sp2 + 1);
+  if (sp3 >= 0 && sp3 < lineEnd) return error(400, "malformed request line");
   for (let i = 0; i < sp1; i++) {
-    if (!TCHAR[line[i]]) return error(400, "malformed method");
+    if (!TCHAR[text.charCodeAt(i)]) return error(400, "malformed method");
   }
   const targetLen = sp2 - sp1 - 1;
   if (targetLen === 0) return error(400, "empty request target");
   if (targetLen > limits.maxTargetBytes) return error(414, "request target too long");
   for (let i = sp1 + 1; i < sp2; i++) {
-    if (line[i] <= 0x20 || line[i] >= 0x7f) return error(400, "malformed request target");
+    const c = text.charCodeAt(i);
+    if (c <= 0x20 || c >= 0x7f) return error(400, "malformed request target");
   }
-  const version = byteString(line.subarray(sp2 + 1));
-  const m = /^HTTP\/(\d)\.(\d)$/.exec(version);
+  const m = /^HTTP\/(\d)\.(\d)$/.exec(text.slice(sp2 + 1, lineEnd));
   if (m === null) return error(400, "malformed HTTP version");
   if (m[1] !== "1") return error(505, "HTTP version not supported");
   const minor = m[2] === "0" ? 0 : 1;
 
   const headers: [string, string][] = [];
-  for (let k = 1; k < lines.length; k++) {
-    const l = lines[k];
-    if (l.length > 0 && (l[0] === 0x20 || l[0] === 0x09)) {
+  let from = lineEnd + 2;
+  while (from <= text.length && lineEnd < text.length) {
+    let to = text.indexOf("\r\n", from);
+    if (to < 0) to = text.length;
+    lineEnd = to;
+    const first = text.charCodeAt(from);
+    if (from < to && (first === 0x20 || first === 0x09)) {
       return error(400, "obsolete line folding");
     }
-    const colon = l.indexOf(0x3a);
-    if (colon <= 0) return error(400, "malformed header line");
-    for (let i = 0; i < colon; i++) {
-      if (!TCHAR[l[i]]) return error(400, "malformed header name");
+    const colon = text.indexOf(":", from);
+    if (colon <= from || colon >= to) return error(400, "malformed header line");
+    for (let i = from; i < colon; i++) {
+      if (!TCHAR[text.charCodeAt(i)]) return error(400, "malformed header name");
     }
     let vs = colon + 1;
-    let ve = l.length;
-    while (vs < ve && (l[vs] === 0x20 || l[vs] === 0x09)) vs++;
-    while (ve > vs && (l[ve - 1] === 0x20 || l[ve - 1] === 0x09)) ve--;
+    let ve = to;
+    while (vs < ve && (text.charCodeAt(vs) === 0x20 || text.charCodeAt(vs) === 0x09)) vs++;
+    while (ve > vs && (text.charCodeAt(ve - 1) === 0x20 || text.charCodeAt(ve - 1) === 0x09)) ve--;
     for (let i = vs; i < ve; i++) {
-      if (!isFieldByte(l[i])) return error(400, "control character in a header value");
+      if (!isFieldByte(text.charCodeAt(i))) {
+        return error(400, "control character in a header value");
+      }
     }
-    headers.push([
-      byteString(l.subarray(0, colon)).toLowerCase(),
-      byteString(l.subarray(vs, ve)),
-    ]);
+    headers.push([text.slice(from, colon).toLowerCase(), text.slice(vs, ve)]);
+    from = to + 2;
   }
 
   let contentLength = 0;
@@ -398,8 +453,8 @@ function parseHeadBytes(bytes: Uint8Array, limits: Required<ParserLimits>): Pars
   return {
     kind: "head",
     head: {
-      method: byteString(line.subarray(0, sp1)),
-      target: byteString(line.subarray(sp1 + 1, sp2)),
+      method: text.slice(0, sp1),
+      target: text.slice(sp1 + 1, sp2),
       minor,
       headers,
       contentLength,
