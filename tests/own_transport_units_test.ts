@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { type ParseResult, RequestParser } from "../lib/transport/own/http1.ts";
+import { type TimerEntry, TimerHeap } from "../lib/transport/own/timer_heap.ts";
 import { ReadScheduler } from "../lib/transport/own/read_scheduler.ts";
 import { FrameBatch, unmask, WsDecoder, type WsEvent } from "../lib/transport/own/ws_frame.ts";
 import { clientFrame } from "./helpers/own_raw.ts";
@@ -294,4 +295,68 @@ Deno.test("frame batch: a written batch's buffer holds the next one; never while
   b.recycle(big);
   b.text("y");
   assert.notEqual(b.take().buffer, big.buffer);
+});
+
+Deno.test("timer heap: every armed entry fires once, in deadline order, never early, never after clear", () => {
+  type Op = { kind: "set"; who: number; ms: number } | { kind: "clear"; who: number } | {
+    kind: "advance";
+    ms: number;
+  };
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({ kind: fc.constant("set" as const), who: fc.nat(7), ms: fc.nat(50) }),
+    fc.record({ kind: fc.constant("clear" as const), who: fc.nat(7) }),
+    fc.record({ kind: fc.constant("advance" as const), ms: fc.nat(30) }),
+  );
+  fc.assert(
+    fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+      let now = 0;
+      let timer: { fn: () => void; at: number } | undefined;
+      const heap = new TimerHeap({
+        now: () => now,
+        schedule: (fn, ms) => (timer = { fn, at: now + ms }),
+        cancel: (h) => {
+          if (timer === h) timer = undefined;
+        },
+      });
+      const due = new Map<number, number>(); // the model: who -> deadline
+      const fired: { who: number; at: number; deadline: number }[] = [];
+      const entries = Array.from({ length: 8 }, (_, who): TimerEntry => ({
+        deadline: 0,
+        slot: -1,
+        fire() {
+          assert.ok(due.has(who), `entry ${who} fired without being armed`);
+          fired.push({ who, at: now, deadline: due.get(who)! });
+          due.delete(who);
+        },
+      }));
+      for (const o of ops) {
+        if (o.kind === "set") {
+          heap.set(entries[o.who], o.ms);
+          due.set(o.who, now + o.ms);
+        } else if (o.kind === "clear") {
+          heap.clear(entries[o.who]);
+          due.delete(o.who);
+        } else {
+          now += o.ms;
+          // The runtime timer runs once it is due (it may find nothing to do).
+          while (timer !== undefined && timer.at <= now) {
+            const t = timer;
+            timer = undefined;
+            t.fn();
+          }
+          for (const [who, deadline] of due) {
+            assert.ok(deadline > now, `entry ${who} overdue at ${now} (deadline ${deadline})`);
+          }
+        }
+        assert.equal(heap.size, due.size);
+        if (due.size > 0) assert.ok(timer !== undefined, "armed entries but no runtime timer");
+        if (due.size === 0) assert.equal(timer, undefined, "a timer left with nothing armed");
+      }
+      for (const f of fired) assert.ok(f.at >= f.deadline, "fired early");
+      const order = fired.map((f) => f.deadline);
+      for (let i = 1; i < order.length; i++) {
+        if (fired[i].at === fired[i - 1].at) assert.ok(order[i] >= order[i - 1], "out of order");
+      }
+    }),
+  );
 });

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { browserMissing, launchBrowser } from "./helpers/browser.ts";
 import { clientFrame, RawWs, withTimeout } from "./helpers/own_raw.ts";
 import { eventually, type OwnTestServer, startOwn } from "./helpers/own_server.ts";
+import { serve, upgradeWebSocket } from "../lib/transport/own/server.ts";
 
 const encoder = new TextEncoder();
 
@@ -91,6 +92,41 @@ Deno.test("subprotocol: one the client offered is echoed", async () => {
   assert.equal(t.side.opened[0].protocol, "token.abc");
   c.ws.close();
   await c.closed;
+});
+
+Deno.test("the 101 carries the accept key, and the fields the application added to it", async () => {
+  await using server = serve({ port: 0, hostname: "127.0.0.1" }, (req) => {
+    const { socket, response } = upgradeWebSocket(req, { protocol: "p2" });
+    socket.onopen = () => socket.close(1000, "seen");
+    if (new URL(req.url).pathname === "/extra") {
+      response.headers.set("x-app", "yes");
+      response.headers.append("set-cookie", "a=1");
+      response.headers.append("set-cookie", "b=2");
+    }
+    return response;
+  });
+  const key = "dGhlIHNhbXBsZSBub25jZQ==";
+  for (const path of ["/", "/extra"]) {
+    const raw = await RawWs.open(
+      server.addr.port,
+      { "sec-websocket-key": key, "sec-websocket-protocol": "p1, p2" },
+      path,
+    );
+    try {
+      const a = raw.answer;
+      assert.equal(a.status, 101, path);
+      // RFC 6455 §1.3's own example key and answer.
+      assert.equal(a.headers.get("sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", path);
+      assert.equal(a.headers.get("sec-websocket-protocol"), "p2", path);
+      assert.equal(a.headers.get("upgrade"), "websocket", path);
+      assert.equal(a.headers.get("x-app"), path === "/extra" ? "yes" : null, path);
+      assert.deepEqual(a.headers.getSetCookie(), path === "/extra" ? ["a=1", "b=2"] : [], path);
+      const close = await raw.frame();
+      assert.equal(close?.opcode, 8, path);
+    } finally {
+      raw.close();
+    }
+  }
 });
 
 Deno.test("frames sent in one turn go out together; bufferedAmount counts them", async () => {

@@ -29,6 +29,24 @@ export class ConnReader {
   #error: unknown;
   #reading = false;
   #released = false;
+  /** The read waiting for its turn. */
+  #waiting: ((bytes: Promise<Uint8Array | null>) => void) | undefined;
+  // Bound once: a connection reads many times, and each read would
+  // otherwise allocate its callbacks anew.
+  readonly #onTurn = () => {
+    const resolve = this.#waiting!;
+    this.#waiting = undefined;
+    resolve(this.#readNow());
+  };
+  readonly #onRead = (n: number | null): Uint8Array | null => {
+    this.#reading = false;
+    return n === null ? null : this.#buf.subarray(0, n);
+  };
+  readonly #onFail = (e: unknown): null => {
+    this.#reading = false;
+    this.#error = e;
+    return null;
+  };
 
   /** A reader of `conn` with a buffer of `size` bytes (a released one when there is one). */
   constructor(conn: Deno.Conn, size: number, scheduler: ReadScheduler) {
@@ -54,11 +72,14 @@ export class ConnReader {
     return this.#error;
   }
 
-  /** Waits for a turn, as a read does (writes take turns too). */
-  async turn(): Promise<void> {
-    if (!this.#scheduler.acquire()) {
-      await new Promise<void>((resolve) => this.#scheduler.wait(resolve));
-    }
+  /** Takes a turn if one is free now (writes take turns too); else see {@link waitTurn}. */
+  acquire(): boolean {
+    return this.#scheduler.acquire();
+  }
+
+  /** Waits for a turn, after {@link acquire} said no. */
+  waitTurn(): Promise<void> {
+    return new Promise<void>((resolve) => this.#scheduler.wait(resolve));
   }
 
   /** The next bytes, or null at the end of the stream or on any error (see {@link error}). */
@@ -66,7 +87,10 @@ export class ConnReader {
     // Plain promises, not an async function: a connection waits in a read
     // for most of its life, and an async frame is one more object it keeps.
     if (this.#scheduler.acquire()) return this.#readNow();
-    return new Promise((resolve) => this.#scheduler.wait(() => resolve(this.#readNow())));
+    return new Promise((resolve) => {
+      this.#waiting = resolve;
+      this.#scheduler.wait(this.#onTurn);
+    });
   }
 
   #readNow(): Promise<Uint8Array | null> {
@@ -74,14 +98,7 @@ export class ConnReader {
     this.#reading = true;
     // Only the bytes this read wrote are handed out: a buffer that served
     // another connection never shows what it held.
-    return this.#conn.read(this.#buf).then((n) => {
-      this.#reading = false;
-      return n === null ? null : this.#buf.subarray(0, n);
-    }, (e: unknown) => {
-      this.#reading = false;
-      this.#error = e;
-      return null;
-    });
+    return this.#conn.read(this.#buf).then(this.#onRead, this.#onFail);
   }
 }
 

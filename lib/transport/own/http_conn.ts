@@ -28,7 +28,14 @@ import {
 } from "./http_response.ts";
 import type { ServeHandler, Settings } from "./options.ts";
 import type { ReadScheduler } from "./read_scheduler.ts";
-import { registerRequest, type RequestOrigin, UpgradeError, upgradeFor } from "./upgrade.ts";
+import type { TimerEntry, TimerHeap } from "./timer_heap.ts";
+import {
+  registerRequest,
+  type RequestOrigin,
+  responseFields,
+  UpgradeError,
+  upgradeFor,
+} from "./upgrade.ts";
 import { abandonSession, runSession } from "./websocket.ts";
 
 /** What every connection of one server shares. */
@@ -41,6 +48,8 @@ export interface ConnEnv {
   log: TransportLogger;
   /** Its read turns. */
   scheduler: ReadScheduler;
+  /** Its connections' timeouts. */
+  timers: TimerHeap;
   /** Its connection caps. */
   admission: Admission;
   /** The application. */
@@ -77,7 +86,8 @@ export class HttpConnection {
   readonly #peer: Deno.NetAddr;
   #address: string | undefined;
   #phase: Phase = "head";
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  /** The one timeout, whatever the phase (see the module doc). */
+  readonly #timer: TimerEntry = { deadline: 0, slot: -1, fire: () => this.#expire() };
   #closed = false;
   /** The WebSocket session, once the connection was upgraded; settles when it ends. */
   #session: Promise<void> | undefined;
@@ -99,8 +109,7 @@ export class HttpConnection {
 
   /** Closes the connection now, whatever it is doing. */
   cut(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#env.timers.clear(this.#timer);
     if (this.#closed) return;
     this.#closed = true;
     closeQuietly(this.#conn);
@@ -129,17 +138,14 @@ export class HttpConnection {
   }
 
   #arm(ms: number): void {
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#expire(), ms);
+    this.#env.timers.set(this.#timer, ms);
   }
 
   #disarm(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#env.timers.clear(this.#timer);
   }
 
   #expire(): void {
-    this.#timer = undefined;
     const c = this.#env.counters;
     switch (this.#phase) {
       case "idle":
@@ -335,7 +341,7 @@ export class HttpConnection {
   ): Promise<void> {
     const head = responseHead({
       status: 101,
-      headers: headerEntries(response.headers),
+      headers: responseFields(response),
       framing: { kind: "none" },
       close: false,
       extra: [["upgrade", "websocket"], ["connection", "Upgrade"]],
@@ -349,6 +355,7 @@ export class HttpConnection {
       head,
       counters: this.#env.counters,
       log: this.#env.log,
+      timers: this.#env.timers,
     }).finally(() => {
       this.#closed = true;
     });

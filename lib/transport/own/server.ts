@@ -88,6 +88,7 @@ import { type ConnEnv, HttpConnection, refuseConnection } from "./http_conn.ts";
 import { clip, describeError } from "./http_response.ts";
 import { resolveOptions, type ServeHandler, type ServeOptions } from "./options.ts";
 import { ReadScheduler } from "./read_scheduler.ts";
+import { TimerHeap } from "./timer_heap.ts";
 
 export { UpgradeError, upgradeWebSocket, type WebSocketUpgrade } from "./upgrade.ts";
 export {
@@ -146,6 +147,9 @@ export function serve(options: ServeOptions, handler: ServeHandler): OwnServer {
     maxPerAddress: s.maxConnectionsPerAddress,
   });
   const scheduler = new ReadScheduler({ readsPerTurn: s.readsPerTurn });
+  const timers = new TimerHeap({
+    onError: (e) => log.error("a connection timeout failed: {error}", { error: describeError(e) }),
+  });
   const connections = new Set<HttpConnection>();
   const refusing = new Set<Deno.Conn>();
   const pending = new Set<Promise<void>>();
@@ -159,6 +163,7 @@ export function serve(options: ServeOptions, handler: ServeHandler): OwnServer {
     counters,
     log,
     scheduler,
+    timers,
     admission,
     handler,
     scheme: tls ? "https" : "http",

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { headerEntries } from "./http_response.ts";
 import { acceptKey, checkUpgrade } from "./ws_handshake.ts";
 import { OwnWebSocket, type SocketOptions } from "./websocket.ts";
 
@@ -23,11 +24,19 @@ export interface RequestOrigin {
 /**
  * The 101 answer. `Response` refuses 101 in its constructor; this one is only
  * ever read by the transport and by the application, so its class says 101
- * (a getter on the class, not a property defined on each object).
+ * (a getter on the class, not a property defined on each object). Its fields
+ * stay a plain list until the application asks for `headers`, and the
+ * transport writes the list as it is unless the application did: a
+ * `Headers` made and read back for every upgrade costs more than the rest
+ * of the answer.
  */
 class SwitchingProtocols extends Response {
-  constructor(headers: [string, string][]) {
-    super(null, { status: 200, headers });
+  readonly #fields: [string, string][];
+  #headers: Headers | undefined;
+
+  constructor(fields: [string, string][]) {
+    super(null, { status: 200 });
+    this.#fields = fields;
   }
 
   override get status(): number {
@@ -37,6 +46,23 @@ class SwitchingProtocols extends Response {
   override get statusText(): string {
     return "Switching Protocols";
   }
+
+  override get headers(): Headers {
+    this.#headers ??= new Headers(this.#fields);
+    return this.#headers;
+  }
+
+  /** The fields to send: the list, or what the application made of `headers`. */
+  fields(): [string, string][] {
+    return this.#headers === undefined ? this.#fields : headerEntries(this.#headers);
+  }
+}
+
+/** The fields of a response the transport sends, `set-cookie` lines kept apart. */
+export function responseFields(response: Response): [string, string][] {
+  return response instanceof SwitchingProtocols
+    ? response.fields()
+    : headerEntries(response.headers);
 }
 
 const origins = new WeakMap<Request, RequestOrigin>();

@@ -12,6 +12,7 @@
 import { closeQuietly, type ConnReader } from "./conn_reader.ts";
 import type { TransportCounters, TransportLogger } from "./counters.ts";
 import { clip, describeError } from "./http_response.ts";
+import type { TimerEntry, TimerHeap } from "./timer_heap.ts";
 import { closePayload, FrameBatch, isValidCloseCode, WsDecoder, type WsEvent } from "./ws_frame.ts";
 
 /** Input a closing or failed session still reads and drops before it cuts at once. */
@@ -157,6 +158,8 @@ export interface SessionIo {
   counters: TransportCounters;
   /** Where to log. */
   log: TransportLogger;
+  /** The server's timeouts (idle ping, close). */
+  timers: TimerHeap;
 }
 
 /**
@@ -186,7 +189,17 @@ class Session {
   #inflight = 0;
   #writing: Promise<void> | undefined;
   #flushQueued = false;
+  readonly #flushNow = () => {
+    this.#flushQueued = false;
+    // With bytes queued the flush always suspends at its first write, so
+    // it cannot clear #writing before this assignment sets it.
+    if (this.#writing === undefined && this.#batch.byteLength > 0 && !this.#ended) {
+      this.#writing = this.#flush();
+    }
+  };
   #closeSent = false;
+  /** The peer sent its close: nothing more is to come from it. */
+  #peerClosed = false;
   /** Cut the connection as soon as the queue is written (our close answered theirs, or a failure). */
   #cutAfterFlush = false;
   #ended = false;
@@ -196,8 +209,8 @@ class Session {
   #earlyClose: { code?: number; reason?: string } | undefined;
   #lastInput = 0;
   #pingSentAt = -1;
-  #idleTimer: ReturnType<typeof setTimeout> | undefined;
-  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #idleTimer: TimerEntry = { deadline: 0, slot: -1, fire: () => this.#idleCheck() };
+  readonly #closeTimer: TimerEntry = { deadline: 0, slot: -1, fire: () => this.#closeExpired() };
   #cutResolve: (() => void) | undefined;
   readonly #cutDone: Promise<void> = new Promise((r) => (this.#cutResolve = r));
 
@@ -286,7 +299,11 @@ class Session {
           if (this.#ended) break;
         }
       }
-      if (this.#ended) break;
+      // After the peer's close nothing more is read: it may send nothing
+      // after it (RFC 6455 §5.5.1), and a read still pending when our echo
+      // is written and the connection cut would fail and build an error
+      // object, for every connection that ends normally.
+      if (this.#ended || this.#peerClosed) break;
       chunk = await io.reader.read();
       // After a close or a failure, what else the peer sends is read and
       // dropped until it closes or the close timer cuts: closing a socket
@@ -347,6 +364,7 @@ class Session {
         }
         this.readyState = ReadyState.CLOSING;
         this.#end = { code: ev.code, reason: ev.reason, wasClean: true };
+        this.#peerClosed = true;
         this.#cutAfterFlush = true;
         // Echo the peer's code and reason, as browsers and Deno do.
         this.#sendClose(ev.code === 1005 ? undefined : ev.code, ev.reason);
@@ -389,26 +407,21 @@ class Session {
     this.#batch.close(code, reason);
     this.#queueFlush();
     // Whatever the peer does, the connection is cut by then.
-    this.#closeTimer ??= setTimeout(() => {
-      this.#closeTimer = undefined;
-      if (this.#ended) return;
-      this.#io!.counters.wsCloseTimeouts++;
-      this.#cut(this.#end?.code ?? 1006, this.#end?.reason ?? "", false);
-    }, this.#closeTimeoutMs);
+    const timers = this.#io!.timers;
+    if (!timers.armed(this.#closeTimer)) timers.set(this.#closeTimer, this.#closeTimeoutMs);
+  }
+
+  #closeExpired(): void {
+    if (this.#ended) return;
+    this.#io!.counters.wsCloseTimeouts++;
+    this.#cut(this.#end?.code ?? 1006, this.#end?.reason ?? "", false);
   }
 
   #queueFlush(): void {
     if (this.#flushQueued || this.#writing !== undefined || this.#io === undefined) return;
     this.#flushQueued = true;
     // One write for everything queued in this turn.
-    queueMicrotask(() => {
-      this.#flushQueued = false;
-      // With bytes queued the flush always suspends at its first write, so
-      // it cannot clear #writing before this assignment sets it.
-      if (this.#writing === undefined && this.#batch.byteLength > 0 && !this.#ended) {
-        this.#writing = this.#flush();
-      }
-    });
+    queueMicrotask(this.#flushNow);
   }
 
   async #flush(): Promise<void> {
@@ -419,17 +432,18 @@ class Session {
         // runtime's I/O budget too, and unlimited ones starved sockets. The
         // batch is taken once the turn comes, so what was queued while
         // waiting goes in the same write.
-        await this.#io!.reader.turn();
+        const reader = this.#io!.reader;
+        if (!reader.acquire()) await reader.waitTurn();
         if (this.#ended) break;
         const bytes = this.#batch.take();
         this.#inflight = bytes.length;
         let off = 0;
         for (;;) {
-          const n = await conn.write(bytes.subarray(off));
+          const n = await conn.write(off === 0 ? bytes : bytes.subarray(off));
           off += n;
           this.#inflight -= n;
           if (off >= bytes.length) break;
-          await this.#io!.reader.turn();
+          if (!reader.acquire()) await reader.waitTurn();
         }
         this.#batch.recycle(bytes);
       }
@@ -449,11 +463,10 @@ class Session {
   }
 
   #armIdle(ms: number): void {
-    this.#idleTimer = setTimeout(() => this.#idleCheck(), Math.max(1, ms));
+    this.#io!.timers.set(this.#idleTimer, Math.max(1, ms));
   }
 
   #idleCheck(): void {
-    this.#idleTimer = undefined;
     if (this.#ended) return;
     const now = performance.now();
     if (this.#pingSentAt >= 0) {
@@ -493,11 +506,10 @@ class Session {
     if (this.#ended) return;
     this.#ended = true;
     this.readyState = ReadyState.CLOSED;
-    clearTimeout(this.#idleTimer);
-    clearTimeout(this.#closeTimer);
-    this.#idleTimer = this.#closeTimer = undefined;
-    this.#batch.clear();
     const io = this.#io!;
+    io.timers.clear(this.#idleTimer);
+    io.timers.clear(this.#closeTimer);
+    this.#batch.clear();
     closeQuietly(io.conn);
     io.counters.wsClosed++;
     this.#cutResolve!();
