@@ -30,6 +30,40 @@ Deno.test("GET and HEAD answer with lengths; HEAD has no body", async () => {
   assert.equal(await head.text(), "");
 });
 
+Deno.test("fields: repeated ones combine (cookie with '; '), and Latin-1 values leave as one byte each", async () => {
+  await using server = serve({ port: 0, hostname: "127.0.0.1" }, (req) => {
+    const h = req.headers;
+    const seen = [h.get("accept"), h.get("cookie"), h.get("__proto__"), h.get("host")];
+    const latin = new URL(req.url).pathname === "/latin";
+    return new Response(JSON.stringify(seen), { headers: latin ? { "x-latin": "caf\u00e9" } : {} });
+  });
+  const raw = await RawConn.connect(server.addr.port);
+  try {
+    await raw.write(
+      "GET / HTTP/1.1\r\nHost: t\r\nAccept: a\r\naccept: b\r\nCookie: x=1\r\n" +
+        "Cookie: y=2\r\n__proto__: p\r\n\r\n",
+    );
+    const text = await raw.response();
+    assert.deepEqual(JSON.parse(text.body), ["a, b", "x=1; y=2", "p", "t"]);
+    // é is 0xE9 on the wire, not UTF-8's 0xC3 0xA9 (RawConn decodes UTF-8, so look at the bytes).
+    const raw2 = await RawConn.connect(server.addr.port);
+    try {
+      await raw2.write("GET /latin HTTP/1.1\r\nHost: t\r\n\r\n");
+      const want = [...new TextEncoder().encode("x-latin: caf"), 0xe9, 13, 10];
+      await eventually("the x-latin field arrives as Latin-1", async () => {
+        const b = raw2.buffered;
+        const at = [...b].findIndex((_, i) => want.every((w, k) => b[i + k] === w));
+        if (at < 0) assert.ok(await raw2.fill(), "the answer ended before its x-latin field");
+        return at >= 0;
+      });
+    } finally {
+      raw2.close();
+    }
+  } finally {
+    raw.close();
+  }
+});
+
 Deno.test("keep-alive: pipelined requests are answered in order on one connection", async () => {
   await using t = startOwn();
   const c = await RawConn.connect(t.port);

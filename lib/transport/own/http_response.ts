@@ -83,7 +83,7 @@ const encoder = new TextEncoder();
 /**
  * The bytes of a response head, ending with the blank line. Field names and
  * values come from a `Headers` object or the transport itself, so they
- * cannot hold CR or LF.
+ * cannot hold CR or LF; they are byte strings, written one byte per char.
  *
  * @example
  * ```ts
@@ -104,6 +104,14 @@ const encoder = new TextEncoder();
  * ```
  */
 export function responseHead(o: HeadOptions): Uint8Array<ArrayBuffer> {
+  return latin1(responseHeadText(o));
+}
+
+/**
+ * {@link responseHead} as a byte string (one char per byte), for a caller
+ * that copies it into a buffer of its own.
+ */
+export function responseHeadText(o: HeadOptions): string {
   const reason = o.statusText || reasonPhrase(o.status);
   let s = `HTTP/1.1 ${o.status} ${reason}\r\n`;
   if (o.date !== undefined) s += `date: ${o.date}\r\n`;
@@ -116,7 +124,17 @@ export function responseHead(o: HeadOptions): Uint8Array<ArrayBuffer> {
   if (o.framing.kind === "length") s += `content-length: ${o.framing.length}\r\n`;
   else if (o.framing.kind === "chunked") s += "transfer-encoding: chunked\r\n";
   if (o.close) s += "connection: close\r\n";
-  return encoder.encode(s + "\r\n");
+  return s + "\r\n";
+}
+
+/**
+ * A byte string's bytes. HTTP fields are ByteStrings (chars up to U+00FF,
+ * as `Headers` keeps them): UTF-8 would send é (0xE9) as two bytes.
+ */
+export function latin1(text: string): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
 }
 
 /** The fields of `headers` in order, with every `set-cookie` kept separate. */

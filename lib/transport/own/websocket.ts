@@ -141,7 +141,7 @@ function session(socket: OwnWebSocket): Session {
   return s;
 }
 
-/** What a session leaves in `SessionIo.head` and `.rest` once it used them. */
+/** What a session leaves in `SessionIo.rest` once it used it. */
 const USED = new Uint8Array(0);
 
 /** What a session needs from the connection it takes over. */
@@ -152,8 +152,8 @@ export interface SessionIo {
   reader: ConnReader;
   /** Bytes the client sent after its upgrade request. */
   rest: Uint8Array;
-  /** The 101 answer, written before the first frame. */
-  head: Uint8Array;
+  /** The 101 answer as a byte string (one char per byte), written before the first frame. */
+  head: string;
   /** Counters to update. */
   counters: TransportCounters;
   /** Where to log. */
@@ -276,10 +276,11 @@ class Session {
     this.#io = io;
     io.counters.wsOpened++;
     this.#lastInput = performance.now();
-    this.#batch.raw(io.head);
+    this.#batch.rawText(io.head);
     let chunk: Uint8Array | null = io.rest;
     // Both are used once: the session keeps `io` for its whole life.
-    io.head = io.rest = USED;
+    io.head = "";
+    io.rest = USED;
     if (this.#earlyClose !== undefined) {
       this.#sendClose(this.#earlyClose.code, this.#earlyClose.reason);
     } else {

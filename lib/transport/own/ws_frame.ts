@@ -551,6 +551,21 @@ export class FrameBatch {
   }
 
   /**
+   * Appends a byte string (one char per byte, as HTTP heads are), such as
+   * the handshake answer: written straight into the batch, no bytes made
+   * for it first.
+   */
+  rawText(text: string): number {
+    const n = text.length;
+    this.#reserve(n);
+    const buf = this.#buf;
+    const at = this.#len;
+    for (let i = 0; i < n; i++) buf[at + i] = text.charCodeAt(i);
+    this.#len += n;
+    return n;
+  }
+
+  /**
    * The bytes of the last {@link take} are written: their buffer holds the
    * next batch if nothing was appended since and it is at most
    * {@link RETAINED_BATCH_BYTES}. A socket that writes one batch at a time
