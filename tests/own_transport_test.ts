@@ -594,6 +594,41 @@ Deno.test("read buffers: an ended connection's buffer serves the next, never whi
   }
 });
 
+Deno.test("turns: the handshake reads without waiting for a turn; after takeTurns a read waits", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+  });
+  const server = await listener.accept();
+  const turns: (() => void)[] = [];
+  const scheduler = new ReadScheduler({ readsPerTurn: 1, defer: (fn) => turns.push(fn) });
+  const text = (b: Uint8Array | null) => new TextDecoder().decode(b!);
+  try {
+    assert.equal(scheduler.acquire(), true, "another socket spends this turn's only read");
+    const reader = new ConnReader(server, 64, scheduler);
+    await client.write(new TextEncoder().encode("GET"));
+    assert.equal(text(await reader.read()), "GET", "the request head is read at once");
+    assert.equal(reader.acquire(), true, "and its answer written at once");
+    reader.takeTurns();
+    await client.write(new TextEncoder().encode("frame"));
+    const read = reader.read();
+    const first = await Promise.race([
+      read.then(() => "read"),
+      new Promise((r) => setTimeout(() => r("waiting"), 50)),
+    ]);
+    assert.equal(first, "waiting", "a session's read waits for the next turn");
+    assert.equal(turns.length, 1);
+    turns.shift()!();
+    assert.equal(text(await read), "frame");
+    reader.release();
+  } finally {
+    client.close();
+    server.close();
+    listener.close();
+  }
+});
+
 Deno.test("an open WebSocket holds none of its handshake: request and 101 response are freed", async () => {
   const probe = new URL("./helpers/own_retention_probe.ts", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {

@@ -29,6 +29,8 @@ export class ConnReader {
   #error: unknown;
   #reading = false;
   #released = false;
+  /** Reads and writes wait for turns (see {@link takeTurns}); not during the handshake. */
+  #turns = false;
   /** The read waiting for its turn. */
   #waiting: ((bytes: Promise<Uint8Array | null>) => void) | undefined;
   // Bound once: a connection reads many times, and each read would
@@ -72,9 +74,19 @@ export class ConnReader {
     return this.#error;
   }
 
+  /**
+   * From now on reads and writes take turns. Until then (the HTTP phase:
+   * one request head read, one answer written) they go at once: turns are
+   * for sockets that keep sending, and a handshake queued behind them waits
+   * for nothing it could starve.
+   */
+  takeTurns(): void {
+    this.#turns = true;
+  }
+
   /** Takes a turn if one is free now (writes take turns too); else see {@link waitTurn}. */
   acquire(): boolean {
-    return this.#scheduler.acquire();
+    return !this.#turns || this.#scheduler.acquire();
   }
 
   /** Waits for a turn, after {@link acquire} said no. */
@@ -86,7 +98,7 @@ export class ConnReader {
   read(): Promise<Uint8Array | null> {
     // Plain promises, not an async function: a connection waits in a read
     // for most of its life, and an async frame is one more object it keeps.
-    if (this.#scheduler.acquire()) return this.#readNow();
+    if (!this.#turns || this.#scheduler.acquire()) return this.#readNow();
     return new Promise((resolve) => {
       this.#waiting = resolve;
       this.#scheduler.wait(this.#onTurn);

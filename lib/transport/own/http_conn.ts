@@ -207,6 +207,8 @@ export class HttpConnection {
       const keepAlive = await this.#request(r.head, parser);
       if (!keepAlive || this.#closed) return;
       if (env.stopping()) return;
+      // Only a connection's first request is read without waiting a turn.
+      this.#reader.takeTurns();
       this.#phase = "idle";
       this.#arm(s.keepAliveTimeoutMs);
     }

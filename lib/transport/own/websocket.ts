@@ -437,6 +437,8 @@ class Session {
         if (!reader.acquire()) await reader.waitTurn();
         if (this.#ended) break;
         const bytes = this.#batch.take();
+        // The 101 (and what came with it) was the handshake's last write.
+        reader.takeTurns();
         this.#inflight = bytes.length;
         let off = 0;
         for (;;) {
