@@ -9,9 +9,11 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { createHash } from "node:crypto";
 import { type ParseResult, RequestParser } from "../lib/transport/own/http1.ts";
 import { type TimerEntry, TimerHeap } from "../lib/transport/own/timer_heap.ts";
 import { ReadScheduler } from "../lib/transport/own/read_scheduler.ts";
+import { acceptKey, sha1Base64 } from "../lib/transport/own/ws_handshake.ts";
 import { FrameBatch, unmask, WsDecoder, type WsEvent } from "../lib/transport/own/ws_frame.ts";
 import { clientFrame } from "./helpers/own_raw.ts";
 
@@ -359,4 +361,34 @@ Deno.test("timer heap: every armed entry fires once, in deadline order, never ea
       }
     }),
   );
+});
+
+Deno.test("accept key: the JavaScript SHA-1 agrees with node:crypto for any key", () => {
+  const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  const reference = (k: string) => createHash("sha1").update(k + GUID).digest("base64");
+  // Real keys (16 random bytes in base64), every length around the one- and
+  // two-block edges, non-ASCII text and texts too long for the fast path.
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 16, maxLength: 16 }), (bytes) => {
+      const key = btoa(String.fromCharCode(...bytes));
+      assert.equal(acceptKey(key), reference(key));
+    }),
+    { numRuns: 2000 },
+  );
+  fc.assert(
+    fc.property(fc.string({ maxLength: 140, unit: "binary" }), (key) => {
+      assert.equal(acceptKey(key), reference(key));
+    }),
+    { numRuns: 2000 },
+  );
+  for (let n = 0; n <= 130; n++) {
+    const key = "k".repeat(n);
+    assert.equal(acceptKey(key), reference(key), `length ${n}`);
+    // The JavaScript digest itself, wherever it applies (ASCII, ≤ 119 chars).
+    const text = key + GUID;
+    const own = sha1Base64(text);
+    if (text.length <= 119) assert.equal(own, reference(key), `own digest, length ${n}`);
+    else assert.equal(own, undefined);
+  }
+  assert.equal(sha1Base64("é" + GUID), undefined, "non-ASCII goes to node:crypto");
 });
