@@ -576,7 +576,8 @@ Deno.test("read buffers: an ended connection's buffer serves the next, never whi
     assert.equal(got!.buffer, first!.buffer, "a's buffer was used again");
     assert.equal(new TextDecoder().decode(got!), "b");
 
-    // A read in flight keeps its buffer: release does nothing.
+    // A read in flight keeps its buffer until it settles: it resolves null
+    // (the connection is done) and only then is the buffer handed out.
     const pending = rb.read();
     rb.release();
     const rc = new ConnReader(c.server, SIZE, scheduler);
@@ -584,7 +585,14 @@ Deno.test("read buffers: an ended connection's buffer serves the next, never whi
     const gotC = await rc.read();
     assert.notEqual(gotC!.buffer, got!.buffer, "the buffer under a pending read is not handed out");
     await b.client.write(new TextEncoder().encode("late"));
-    assert.equal(new TextDecoder().decode((await pending)!), "late");
+    assert.equal(await pending, null, "a released reader's late bytes are not handed out");
+    const rd = new ConnReader(b.client, SIZE, scheduler);
+    await b.server.write(new TextEncoder().encode("d"));
+    const gotD = await rd.read();
+    assert.equal(gotD!.buffer, got!.buffer, "once settled, the buffer serves the next reader");
+    assert.equal(new TextDecoder().decode(gotD!), "d");
+    rc.release();
+    rd.release();
   } finally {
     for (const p of [a, b, c]) {
       p.client.close();

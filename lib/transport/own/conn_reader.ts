@@ -42,11 +42,16 @@ export class ConnReader {
   };
   readonly #onRead = (n: number | null): Uint8Array | null => {
     this.#reading = false;
+    if (this.#released) {
+      this.#giveBack();
+      return null;
+    }
     return n === null ? null : this.#buf.subarray(0, n);
   };
   readonly #onFail = (e: unknown): null => {
     this.#reading = false;
     this.#error = e;
+    if (this.#released) this.#giveBack();
     return null;
   };
 
@@ -59,13 +64,18 @@ export class ConnReader {
   }
 
   /**
-   * The connection is done: its buffer goes to the next connection, unless
-   * a read is still in flight (the runtime may yet write into it). Reads
-   * after this return null.
+   * The connection is done: its buffer goes to the next connection, once
+   * no read is in flight (the runtime may yet write into it): a read still
+   * pending gives it back when it settles, and resolves null. Reads after
+   * this return null.
    */
   release(): void {
-    if (this.#reading || this.#released) return;
+    if (this.#released) return;
     this.#released = true;
+    if (!this.#reading) this.#giveBack();
+  }
+
+  #giveBack(): void {
     if (spare.length < MAX_SPARE_BUFFERS) spare.push(this.#buf);
   }
 

@@ -470,6 +470,9 @@ export function closePayload(code?: number, reason = ""): Uint8Array<ArrayBuffer
 /** The empty buffer of a batch holding nothing (one for all: nothing is ever written into it). */
 const NO_BYTES: Uint8Array<ArrayBuffer> = new Uint8Array(0);
 
+/** The smallest buffer a batch allocates. */
+const MIN_BATCH_BYTES = 512;
+
 /** The largest written batch buffer a {@link FrameBatch} keeps for the next one. */
 export const RETAINED_BATCH_BYTES = 4096;
 
@@ -605,9 +608,12 @@ export class FrameBatch {
   #reserve(extra: number): void {
     const need = this.#len + extra;
     if (need <= this.#buf.length) return;
-    // Most batches are one small frame: a fresh buffer is sized to it (a
-    // fixed minimum would make every flush allocate, and zero, kilobytes).
-    const next = new Uint8Array(Math.max(need, this.#buf.length * 2));
+    // A written batch's buffer holds the next one (see recycle), so a
+    // socket allocates when it starts and when its batches grow. Starting
+    // at MIN_BATCH_BYTES, not at the first frame's size, spares the
+    // doublings of a socket's first bursts (a DIVA join: the 101, then its
+    // answer and up to nine stuns), at most a few hundred bytes kept.
+    const next = new Uint8Array(Math.max(need, this.#buf.length * 2, MIN_BATCH_BYTES));
     next.set(this.#buf.subarray(0, this.#len));
     this.#buf = next;
   }
