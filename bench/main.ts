@@ -36,7 +36,7 @@ import {
 } from "./load.ts";
 import { type PeerReference, preparePeerReference } from "./peer_reference.ts";
 import { prepareReference, type Reference } from "./reference.ts";
-import { grouped, Histogram, jain, sig } from "./stats.ts";
+import { grouped, Histogram, jain, pairedRatio, sig } from "./stats.ts";
 import {
   boundWorkers,
   cpuSeconds,
@@ -107,7 +107,7 @@ bare relay on the other transport candidates
   --room-size K         join storm room size (default 10)
   --join-runs N         join storms per target, on the same server, the median reported;
                         with several targets all run at once and take turns, storm by storm
-                        (default 3; --quick: 1)
+                        (default 9; --quick: 1)
   --idle-clients C      idle clients (default 10000)
   --idle-room-size K    idle room size (default 10)
   --settle S            seconds idle before memory is read (default 2)
@@ -281,7 +281,7 @@ async function settings(values: ReturnType<typeof parse>["values"]): Promise<Set
     duration: num(values.duration, q ? 1 : 10, "duration", 0.1),
     clients: int(values.clients, q ? 20 : 2000, "clients"),
     roomSize: int(values["room-size"], q ? 5 : 10, "room-size"),
-    joinRuns: int(values["join-runs"], q ? 1 : 3, "join-runs"),
+    joinRuns: int(values["join-runs"], q ? 1 : 9, "join-runs"),
     idleClients: int(values["idle-clients"], q ? 20 : 10_000, "idle-clients"),
     idleRoomSize: int(values["idle-room-size"], q ? 5 : 10, "idle-room-size"),
     settle: num(values.settle, q ? 0.3 : 2, "settle"),
@@ -396,6 +396,8 @@ function ratios(server: Line, bound: Line | undefined, keys: string[]): Line | u
   if (bound === undefined) return undefined;
   const out: Line = {};
   for (const k of keys) out[k] = ratio(server[k], bound[k]);
+  const paired = pairedRatio(server, bound);
+  if (paired !== undefined) out.total_s_paired = sig(paired, 3);
   return out;
 }
 
@@ -874,7 +876,9 @@ function joinSummary(l: Line): string {
       ? `, median of ${l.runs} (${(l.runs_total_s as number[]).join(", ")} s)`
       : "") +
     (v
-      ? ` | vs bound: ${v.total_s}× the time, ${v.connections_per_s}× conn/s, ${v.joins_per_s}× joins/s`
+      ? ` | vs bound: ${v.total_s}× the time${
+        v.total_s_paired !== undefined ? ` (storm by storm: ${v.total_s_paired}×)` : ""
+      }, ${v.connections_per_s}× conn/s, ${v.joins_per_s}× joins/s`
       : "");
 }
 

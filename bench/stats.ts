@@ -118,3 +118,24 @@ export function sig(x: number, digits = 4): number {
 export function grouped(x: number): string {
   return Math.round(x).toLocaleString("en-US");
 }
+
+/**
+ * For join storms run interleaved: the median of each round's ratio of the
+ * two targets' times. Storms of one round run seconds apart, so a slow
+ * minute of the machine slows both; the ratio of the two medians can pair
+ * a fast storm of one target with a slow storm of the other.
+ */
+export function pairedRatio(
+  server: Record<string, unknown>,
+  bound: Record<string, unknown>,
+): number | undefined {
+  const a = server.runs_total_s;
+  const b = bound.runs_total_s;
+  if (!server.interleaved || !bound.interleaved || !Array.isArray(a) || !Array.isArray(b)) {
+    return undefined;
+  }
+  if (a.length !== b.length || a.length === 0) return undefined;
+  const r = a.map((x, i) => (x as number) / (b[i] as number)).sort((x, y) => x - y);
+  const mid = r.length >> 1;
+  return r.length % 2 === 1 ? r[mid] : (r[mid - 1] + r[mid]) / 2;
+}

@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { Directory } from "../bench/bare_relay_workers.ts";
 import { probe } from "../bench/probe_controls.ts";
-import { Histogram, jain } from "../bench/stats.ts";
+import { Histogram, jain, pairedRatio } from "../bench/stats.ts";
 import { freePort } from "./helpers/redis.ts";
 
 const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
@@ -144,6 +144,8 @@ Deno.test("bench --quick: every workload prints sane JSON lines for every target
     assert.equal(l.interleaved, true, "bound and server storms take turns, both running");
   }
   assert.ok(num(obj(storm, "vs_bound"), "connections_per_s") > 0);
+  // Storm by storm: with one storm each, the one pair's ratio is the ratio of the two.
+  assert.equal(obj(storm, "vs_bound").total_s_paired, obj(storm, "vs_bound").total_s);
 
   // Idle footprint: memory read from /proc before and after.
   const idles = pick("idle");
@@ -501,6 +503,15 @@ Deno.test("bench fairness: Jain's index is 1 for equal shares and 1/n for one ta
   assert.equal(jain([8, 0, 0, 0]), 0.25);
   assert.equal(jain([]), 1);
   assert.ok(Math.abs(jain([1, 2, 3]) - 36 / 42) < 1e-12);
+});
+
+Deno.test("bench join storm: storm by storm, the ratio is the median of each round's ratio", () => {
+  const bound = { interleaved: true, runs_total_s: [0.4, 0.8, 0.5] };
+  const server = { interleaved: true, runs_total_s: [0.44, 0.84, 0.9] };
+  // Rounds: 1.1, 1.05, 1.8 -> 1.1; the medians alone (0.84 / 0.5) would say 1.68.
+  assert.ok(Math.abs(pairedRatio(server, bound)! - 1.1) < 1e-9);
+  assert.equal(pairedRatio({ ...server, interleaved: undefined }, bound), undefined);
+  assert.equal(pairedRatio({ ...server, runs_total_s: [0.44] }, bound), undefined);
 });
 
 Deno.test("bench join storm: --join-runs 3 reports the median storm and every run's time", async () => {
