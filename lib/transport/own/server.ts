@@ -21,7 +21,9 @@
  *   (default 5 s) of the connection or of its first byte (slowloris), or
  *   the connection gets 408 and is closed. Idle keep-alive connections close
  *   after `keepAliveTimeoutMs`; a response write that stalls for
- *   `writeTimeoutMs` cuts the connection.
+ *   `writeTimeoutMs` cuts the connection. Every connection's timeouts (and
+ *   its WebSocket's idle ping and close) share one runtime timer, through a
+ *   heap of deadlines (`timer_heap.ts`).
  * - **Limits.** Request head ≤ 16 KiB and ≤ 100 header lines (431), target
  *   ≤ 8 KiB (414), versions other than 1.x (505), any malformed head (400):
  *   never a 500, and never an exception. Bodies up to 64 KiB with a
