@@ -45,6 +45,12 @@ Deno.test("fields: repeated ones combine (cookie with '; '), and Latin-1 values 
     );
     const text = await raw.response();
     assert.deepEqual(JSON.parse(text.body), ["a, b", "x=1; y=2", "p", "t"]);
+    // Without a __proto__ field the fields take the other path: the same answer.
+    await raw.write(
+      "GET / HTTP/1.1\r\nHost: t\r\nAccept: a\r\naccept: b\r\nCookie: x=1\r\n" +
+        "Cookie: y=2\r\n\r\n",
+    );
+    assert.deepEqual(JSON.parse((await raw.response()).body), ["a, b", "x=1; y=2", null, "t"]);
     // é is 0xE9 on the wire, not UTF-8's 0xC3 0xA9 (RawConn decodes UTF-8, so look at the bytes).
     const raw2 = await RawConn.connect(server.addr.port);
     try {

@@ -99,9 +99,9 @@ export class ConnReader {
     return !this.#turns || this.#scheduler.acquire();
   }
 
-  /** Waits for a turn, after {@link acquire} said no. */
-  waitTurn(): Promise<void> {
-    return new Promise<void>((resolve) => this.#scheduler.wait(resolve));
+  /** Calls `start` when a turn is free, after {@link acquire} said no. */
+  waitTurnThen(start: () => void): void {
+    this.#scheduler.wait(start);
   }
 
   /** The next bytes, or null at the end of the stream or on any error (see {@link error}). */

@@ -298,7 +298,8 @@ export class HttpConnection {
       return plainResponse(400, "unsupported request target form\n");
     }
     try {
-      return new Request(url, { method: head.method, headers: fieldRecord(head.headers) });
+      const headers = fieldRecord(head.headers) as HeadersInit;
+      return new Request(url, { method: head.method, headers });
     } catch {
       return plainResponse(400, "malformed request\n");
     }
@@ -491,16 +492,34 @@ export class HttpConnection {
  * The fields as a record, repeated ones combined as RFC 9110 §5.3 does (with
  * ", "; `cookie` with "; ", RFC 9113 §8.2.3). A record converts into the
  * request's `Headers` about a fifth faster than a list of pairs, which goes
- * through the iterator protocol twice per field. No prototype: a field
- * named `__proto__` is a field like any other.
+ * through the iterator protocol twice per field. A plain object keeps fast
+ * properties (one without a prototype is a dictionary from the start); a
+ * field named `__proto__` would set its prototype instead, so a request
+ * with one goes in as a list, combined the same way.
  */
-function fieldRecord(fields: readonly [string, string][]): Record<string, string> {
-  const r: Record<string, string> = Object.create(null);
+function fieldRecord(
+  fields: readonly [string, string][],
+): Record<string, string> | [string, string][] {
+  const r: Record<string, string> = {};
   for (const [n, v] of fields) {
-    const prev = r[n];
-    r[n] = prev === undefined ? v : `${prev}${n === "cookie" ? "; " : ", "}${v}`;
+    if (n === "__proto__") return combined(fields);
+    const prev = Object.hasOwn(r, n) ? r[n] : undefined;
+    r[n] = prev === undefined ? v : joinField(n, prev, v);
   }
   return r;
+}
+
+function combined(fields: readonly [string, string][]): [string, string][] {
+  const m = new Map<string, string>();
+  for (const [n, v] of fields) {
+    const prev = m.get(n);
+    m.set(n, prev === undefined ? v : joinField(n, prev, v));
+  }
+  return [...m];
+}
+
+function joinField(name: string, a: string, b: string): string {
+  return `${a}${name === "cookie" ? "; " : ", "}${b}`;
 }
 
 /** The promise's result if it settles before the next macrotask, else undefined. */

@@ -144,6 +144,9 @@ function session(socket: OwnWebSocket): Session {
 /** What a session leaves in `SessionIo.rest` once it used it. */
 const USED = new Uint8Array(0);
 
+/** What a session writes while it writes nothing. */
+const NOTHING_OUT: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+
 /** What a session needs from the connection it takes over. */
 export interface SessionIo {
   /** The connection; the session closes it. */
@@ -187,14 +190,77 @@ class Session {
   #io: SessionIo | undefined;
   readonly #batch = new FrameBatch();
   #inflight = 0;
-  #writing: Promise<void> | undefined;
+  /** A write is under way: from waiting for its turn to its last byte written. */
+  #writing = false;
+  /** The batch being written, and how much of it is written. */
+  #out: Uint8Array<ArrayBuffer> = NOTHING_OUT;
+  #off = 0;
+  /** Called once the write under way is done (the session's end waits for it). */
+  #writeIdle: (() => void) | undefined;
   #flushQueued = false;
+  // The write path is callbacks bound once, not an async function: an
+  // async frame and its promises per flush were the largest item of a
+  // join storm's garbage after the handshake.
   readonly #flushNow = () => {
     this.#flushQueued = false;
-    // With bytes queued the flush always suspends at its first write, so
-    // it cannot clear #writing before this assignment sets it.
-    if (this.#writing === undefined && this.#batch.byteLength > 0 && !this.#ended) {
-      this.#writing = this.#flush();
+    if (!this.#writing && this.#batch.byteLength > 0 && !this.#ended) {
+      this.#writing = true;
+      this.#nextWrite();
+    }
+  };
+  readonly #writeBatch = () => {
+    try {
+      if (this.#ended) return this.#writeDone();
+      const io = this.#io!;
+      // The batch is taken once the turn comes, so what was queued while
+      // waiting goes in the same write.
+      this.#out = this.#batch.take();
+      this.#off = 0;
+      this.#inflight = this.#out.length;
+      // The 101 (and what came with it) was the handshake's last write.
+      io.reader.takeTurns();
+      io.conn.write(this.#out).then(this.#onWritten, this.#onWriteFailed);
+    } catch (e) {
+      this.#writeCrashed(e);
+    }
+  };
+  readonly #writeRest = () => {
+    try {
+      this.#io!.conn.write(this.#out.subarray(this.#off)).then(
+        this.#onWritten,
+        this.#onWriteFailed,
+      );
+    } catch (e) {
+      this.#writeCrashed(e);
+    }
+  };
+  readonly #onWritten = (n: number) => {
+    try {
+      this.#off += n;
+      this.#inflight -= n;
+      if (this.#off < this.#out.length) {
+        const reader = this.#io!.reader;
+        if (reader.acquire()) this.#writeRest();
+        else reader.waitTurnThen(this.#writeRest);
+        return;
+      }
+      this.#batch.recycle(this.#out);
+      this.#out = NOTHING_OUT;
+      this.#nextWrite();
+    } catch (e) {
+      this.#writeCrashed(e);
+    }
+  };
+  readonly #onWriteFailed = (e: unknown) => {
+    try {
+      this.#out = NOTHING_OUT;
+      if (!this.#ended) {
+        this.#fireError(`write failed: ${clip(e)}`);
+        this.#cut(1006, "", false);
+      }
+      this.#writeDone();
+    } catch (e2) {
+      this.#writeCrashed(e2);
     }
   };
   #closeSent = false;
@@ -334,7 +400,7 @@ class Session {
     // Wait until the connection is cut and the last write has settled, so
     // no I/O outlives the session.
     await this.#cutDone;
-    await this.#writing;
+    if (this.#writing) await new Promise<void>((resolve) => (this.#writeIdle = resolve));
   }
 
   #handle(ev: WsEvent): void {
@@ -419,49 +485,44 @@ class Session {
   }
 
   #queueFlush(): void {
-    if (this.#flushQueued || this.#writing !== undefined || this.#io === undefined) return;
+    if (this.#flushQueued || this.#writing || this.#io === undefined) return;
     this.#flushQueued = true;
     // One write for everything queued in this turn.
     queueMicrotask(this.#flushNow);
   }
 
-  async #flush(): Promise<void> {
-    const conn = this.#io!.conn;
-    try {
-      while (this.#batch.byteLength > 0 && !this.#ended) {
-        // Writes take turns with reads: a write's completion spends the
-        // runtime's I/O budget too, and unlimited ones starved sockets. The
-        // batch is taken once the turn comes, so what was queued while
-        // waiting goes in the same write.
-        const reader = this.#io!.reader;
-        if (!reader.acquire()) await reader.waitTurn();
-        if (this.#ended) break;
-        const bytes = this.#batch.take();
-        // The 101 (and what came with it) was the handshake's last write.
-        reader.takeTurns();
-        this.#inflight = bytes.length;
-        let off = 0;
-        for (;;) {
-          const n = await conn.write(off === 0 ? bytes : bytes.subarray(off));
-          off += n;
-          this.#inflight -= n;
-          if (off >= bytes.length) break;
-          if (!reader.acquire()) await reader.waitTurn();
-        }
-        this.#batch.recycle(bytes);
-      }
-    } catch (e) {
-      if (!this.#ended) {
-        this.#fireError(`write failed: ${clip(e)}`);
-        this.#cut(1006, "", false);
-      }
-    } finally {
-      this.#inflight = 0;
-      this.#writing = undefined;
-    }
+  /**
+   * Writes the next batch, or ends the write when nothing is queued. Writes
+   * take turns with reads: a write's completion spends the runtime's I/O
+   * budget too, and unlimited ones starved sockets.
+   */
+  #nextWrite(): void {
+    if (this.#ended || this.#batch.byteLength === 0) return this.#writeDone();
+    const reader = this.#io!.reader;
+    if (reader.acquire()) this.#writeBatch();
+    else reader.waitTurnThen(this.#writeBatch);
+  }
+
+  #writeDone(): void {
+    this.#inflight = 0;
+    this.#writing = false;
+    this.#out = NOTHING_OUT;
+    const idle = this.#writeIdle;
+    this.#writeIdle = undefined;
+    idle?.();
     if (this.#cutAfterFlush && !this.#ended) {
       const e = this.#end ?? { code: 1006, reason: "", wasClean: false };
       this.#cut(e.code, e.reason, e.wasClean);
+    }
+  }
+
+  /** A bug in the write path costs this socket, never the process or the other sockets. */
+  #writeCrashed(e: unknown): void {
+    this.#io?.log.error("websocket write failed: {error}", { error: describeError(e) });
+    if (!this.#ended) this.#cut(1011, "", false);
+    if (this.#writing) {
+      this.#cutAfterFlush = false;
+      this.#writeDone();
     }
   }
 

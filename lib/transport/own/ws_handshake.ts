@@ -27,7 +27,11 @@ export function acceptKey(key: string): string {
 
 const W = new Int32Array(80);
 const BLOCKS = new Uint8Array(128);
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64_CODES = new TextEncoder().encode(
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+);
+const DIGEST = new Int32Array(5);
+const B64_OUT = new Uint8Array(28);
 
 /**
  * SHA-1 (FIPS 180-4) of an ASCII text of at most 119 characters, in
@@ -91,21 +95,27 @@ export function sha1Base64(text: string): string | undefined {
     h3 = (h3 + d) | 0;
     h4 = (h4 + e) | 0;
   }
-  const h = [h0, h1, h2, h3, h4];
-  const digest = new Uint8Array(21); // 20 bytes, and a zero to pad the last group
-  for (let i = 0; i < 5; i++) {
-    digest[4 * i] = h[i] >>> 24;
-    digest[4 * i + 1] = (h[i] >>> 16) & 0xff;
-    digest[4 * i + 2] = (h[i] >>> 8) & 0xff;
-    digest[4 * i + 3] = h[i] & 0xff;
+  // 20 bytes are 27 base64 characters and one "=": written as char codes
+  // and made a string once (no digest array, no string per group).
+  DIGEST[0] = h0;
+  DIGEST[1] = h1;
+  DIGEST[2] = h2;
+  DIGEST[3] = h3;
+  DIGEST[4] = h4;
+  for (let g = 0; g < 7; g++) {
+    const v = (digestByte(3 * g) << 16) | (digestByte(3 * g + 1) << 8) | digestByte(3 * g + 2);
+    B64_OUT[4 * g] = B64_CODES[v >>> 18];
+    B64_OUT[4 * g + 1] = B64_CODES[(v >>> 12) & 63];
+    B64_OUT[4 * g + 2] = B64_CODES[(v >>> 6) & 63];
+    B64_OUT[4 * g + 3] = B64_CODES[v & 63];
   }
-  let out = "";
-  for (let i = 0; i < 21; i += 3) {
-    const v = (digest[i] << 16) | (digest[i + 1] << 8) | digest[i + 2];
-    out += B64[v >>> 18] + B64[(v >>> 12) & 63] + B64[(v >>> 6) & 63] + B64[v & 63];
-  }
-  // 20 bytes are 27 base64 characters and one "=".
-  return out.slice(0, 27) + "=";
+  B64_OUT[27] = 0x3d; // "="
+  return String.fromCharCode.apply(null, B64_OUT as unknown as number[]);
+}
+
+/** Byte `i` of the digest in {@link DIGEST} (big-endian words); 0 past its 20 bytes. */
+function digestByte(i: number): number {
+  return i >= 20 ? 0 : (DIGEST[i >> 2] >>> (24 - 8 * (i & 3))) & 0xff;
 }
 
 /** Why an upgrade request is refused, with the answer RFC 6455 §4.2.2 asks for. */
