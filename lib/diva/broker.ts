@@ -551,6 +551,8 @@ export class Broker<H> {
   /** Global idents on their way to a resuming connection: relays for them wait with it. */
   readonly #arriving = new Map<string, Connection<H>>();
   readonly #random = new Uint8Array(48);
+  /** The letters of the ident being drawn. */
+  readonly #letters = new Uint8Array(IDENT_LETTERS);
   #connections = 0;
   #nextId = 1;
 
@@ -1851,15 +1853,17 @@ export class Broker<H> {
   /** 24 lowercase letters, drawn without modulo bias. */
   #randomIdent(): string {
     const buf = this.#random;
-    let s = "";
-    while (s.length < IDENT_LETTERS) {
+    const letters = this.#letters;
+    let n = 0;
+    while (n < IDENT_LETTERS) {
       this.#randomBytes(buf);
-      for (let i = 0; i < buf.length && s.length < IDENT_LETTERS; i++) {
+      for (let i = 0; i < buf.length && n < IDENT_LETTERS; i++) {
         // 234 = 9 × 26: bytes at or above it would favour the first letters.
-        if (buf[i] < 234) s += String.fromCharCode(0x61 + (buf[i] % 26));
+        if (buf[i] < 234) letters[n++] = 0x61 + (buf[i] % 26);
       }
     }
-    return s;
+    // One string from the codes, not one per letter appended.
+    return String.fromCharCode.apply(null, letters as unknown as number[]);
   }
 
   #send(conn: Connection<H>, frame: string, type: OutType): void {

@@ -15,7 +15,7 @@ import type { Admission } from "./admission.ts";
 import { clientAddress, isTrusted } from "./client_address.ts";
 import { closeQuietly, ConnReader, writeAll } from "./conn_reader.ts";
 import type { TransportCounters, TransportLogger } from "./counters.ts";
-import { headerValue, type RequestHead, RequestParser } from "./http1.ts";
+import { headerValue, type ParserLimits, type RequestHead, RequestParser } from "./http1.ts";
 import {
   chunk,
   clip,
@@ -47,6 +47,8 @@ export interface ConnEnv {
   counters: TransportCounters;
   /** Its logger. */
   log: TransportLogger;
+  /** The head parser's limits, resolved once (a parser per connection copies them). */
+  parserLimits: ParserLimits;
   /** Its read turns. */
   scheduler: ReadScheduler;
   /** Its connections' timeouts. */
@@ -173,7 +175,7 @@ export class HttpConnection {
   async #serve(): Promise<void> {
     const env = this.#env;
     const s = env.settings;
-    const parser = new RequestParser(s);
+    const parser = new RequestParser(env.parserLimits);
     this.#phase = "head";
     this.#arm(s.headerTimeoutMs);
     for (;;) {

@@ -167,6 +167,14 @@ export function serve(options: ServeOptions, handler: ServeHandler): OwnServer {
     settings: s,
     counters,
     log,
+    // The settings object holds every option: spread per connection, it was
+    // a kilobyte of garbage for four numbers.
+    parserLimits: {
+      maxHeadBytes: s.maxHeadBytes,
+      maxHeaderLines: s.maxHeaderLines,
+      maxTargetBytes: s.maxTargetBytes,
+      maxBodyBytes: s.maxBodyBytes,
+    },
     scheduler,
     timers,
     admission,
