@@ -94,7 +94,7 @@ export class ConnReader {
     this.#turns = true;
   }
 
-  /** Takes a turn if one is free now (writes take turns too); else see {@link waitTurn}. */
+  /** Takes a turn if one is free now (writes take turns too); else see {@link waitTurnThen}. */
   acquire(): boolean {
     return !this.#turns || this.#scheduler.acquire();
   }

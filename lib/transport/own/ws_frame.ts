@@ -545,14 +545,6 @@ export class FrameBatch {
     return this.#frame(Opcode.close, closePayload(code, reason));
   }
 
-  /** Appends bytes as they are (the handshake answer that precedes the first frame). */
-  raw(data: Uint8Array): number {
-    this.#reserve(data.length);
-    this.#buf.set(data, this.#len);
-    this.#len += data.length;
-    return data.length;
-  }
-
   /**
    * Appends a byte string (one char per byte, as HTTP heads are), such as
    * the handshake answer: written straight into the batch, no bytes made
